@@ -1,0 +1,1 @@
+"""One module per `clipkit` subcommand; each defines `register(subparsers)`."""

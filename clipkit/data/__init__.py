@@ -1,0 +1,1 @@
+"""Dataset readers and the synthetic world used to train the shipped models."""

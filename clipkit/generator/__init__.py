@@ -1,0 +1,1 @@
+"""DALL-E style generator: discrete VAE + sparse-attention transformer (sibling of the CLIP core)."""
