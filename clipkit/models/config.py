@@ -103,6 +103,13 @@ _REGISTRY: dict[str, CLIPConfig] = {
     "ViT-B/16": _vit(512, 224, 768, 12, 16, 512),
     "ViT-L/14": _vit(768, 224, 1024, 24, 14, 768),
     "ViT-L/14@336px": _vit(768, 336, 1024, 24, 14, 768),
+    # The project's shipped default model (clipkit/weights/clipkit-synth.safetensors), trained
+    # on the synthetic world only: 64 px images, 8 px patches, a short text context.
+    "clipkit-synth": CLIPConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, width=192, layers=4, heads=3, patch_size=8),
+        text=TextConfig(context_length=32, width=192, heads=3, layers=4),
+    ),
     # Tiny configs for tests: every code path, a few thousand parameters.
     "tiny-vit": CLIPConfig(
         embed_dim=32,

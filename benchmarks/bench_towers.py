@@ -1,0 +1,206 @@
+"""Image-tower throughput: clipkit vs Hugging Face (and open_clip), same weights, one run.
+
+ViT-B/32 and RN50 with random weights, a batch of 32 images, `torch.inference_mode`,
+a fixed number of threads (2 by default). Every implementation runs the SAME weights:
+a random HF `CLIPModel` is converted with `clipkit.checkpoints.hf_to_openai`, and
+open_clip loads clipkit's state dict directly (OpenAI keys), so the last column checks
+that the outputs agree while the others time them. Runs are interleaved (one batch per
+implementation per round) so that load from other processes on the machine hits all of
+them alike; the figure is the median over rounds, after warm-up rounds.
+
+    .venv/bin/python benchmarks/bench_towers.py                                   # clipkit, HF
+    /work/oracle-venv/bin/python benchmarks/bench_towers.py --open-clip --append  # + open_clip
+
+open_clip imports torchvision, which only works in the oracle environment; the script
+puts the repository root on `sys.path` so clipkit imports there without installation.
+`--bf16` adds clipkit with its weights converted to bfloat16 (`model.to(torch.bfloat16)`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from clipkit.models import create_model  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------------------
+# The contenders: name -> callable(images) -> embeddings
+# ---------------------------------------------------------------------------
+
+
+def hf_vit_b32():
+    """A random HF CLIPModel in the ViT-B/32 shape (QuickGELU, as OpenAI's)."""
+    import transformers
+    cfg = transformers.CLIPConfig(
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12,
+                         hidden_act="quick_gelu", eos_token_id=49407),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                           image_size=224, patch_size=32, hidden_act="quick_gelu"),
+        projection_dim=512,
+    )
+    torch.manual_seed(0)
+    return transformers.CLIPModel(cfg).eval(), cfg.to_dict()
+
+
+def hf_image_fn(model):
+    def run(images):
+        out = model.get_image_features(pixel_values=images)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5: output object
+    return run
+
+
+def open_clip_model(name: str, state_dict: dict):
+    import open_clip
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def build(args) -> list[tuple[str, str, str, object, torch.Tensor]]:
+    """[(architecture, implementation, dtype, fn, images)]"""
+    from clipkit.checkpoints import hf_to_openai
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    if "vit" in args.models:
+        images = torch.randn(args.batch, 3, 224, 224, generator=g)
+        hf, hf_cfg = hf_vit_b32()
+        ck = create_model("ViT-B/32").eval()
+        ck.load_state_dict(hf_to_openai(hf.state_dict(), hf_cfg), strict=True)
+        rows.append(("ViT-B/32", "clipkit", "fp32", ck.encode_image, images))
+        rows.append(("ViT-B/32", "HF `CLIPModel.get_image_features` (sdpa)", "fp32", hf_image_fn(hf), images))
+        if args.open_clip:
+            oc = open_clip_model("ViT-B-32", ck.state_dict())
+            rows.append(("ViT-B/32", "open_clip", "fp32", oc.encode_image, images))
+        if args.bf16:
+            ck16 = create_model("ViT-B/32").eval()
+            ck16.load_state_dict(ck.state_dict())
+            ck16.to(torch.bfloat16)
+            rows.append(("ViT-B/32", "clipkit", "bf16 weights", ck16.encode_image, images))
+        del hf
+    if "rn" in args.models:
+        images = torch.randn(args.batch, 3, 224, 224, generator=g)
+        torch.manual_seed(1)
+        ck = create_model("RN50").eval()
+        with torch.no_grad():  # random BatchNorm gains instead of zero-init bn3 (a realistic compute path)
+            for name, p in ck.named_parameters():
+                if name.endswith("bn3.weight"):
+                    p.uniform_(0.5, 1.5)
+        rows.append(("RN50", "clipkit", "fp32", ck.encode_image, images))
+        if args.open_clip:
+            oc = open_clip_model("RN50", ck.state_dict())
+            rows.append(("RN50", "open_clip", "fp32", oc.encode_image, images))
+        if args.bf16:
+            ck16 = create_model("RN50").eval()
+            ck16.load_state_dict(ck.state_dict())
+            ck16.to(torch.bfloat16)
+            rows.append(("RN50", "clipkit", "bf16 weights", ck16.encode_image, images))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
+    ap.add_argument("--models", default="vit,rn", help="comma list of: vit, rn")
+    ap.add_argument("--open-clip", action="store_true", help="also time open_clip (oracle venv only)")
+    ap.add_argument("--bf16", action="store_true", help="also time clipkit with bfloat16 weights")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "towers.md")
+    ap.add_argument("--append", action="store_true", help="append this run's section to --out")
+    args = ap.parse_args(argv)
+    args.models = set(args.models.split(","))
+
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    with torch.inference_mode():
+        rows = build(args)
+        reference = {}  # architecture -> clipkit fp32 embeddings
+        outputs = []
+        for arch, impl, dtype, fn, images in rows:
+            out = fn(images).float()
+            outputs.append(out)
+            if impl == "clipkit" and dtype == "fp32":
+                reference[arch] = out
+        times = [[] for _ in rows]
+        for r in range(args.warmup + args.rounds):
+            for i, (arch, impl, dtype, fn, images) in enumerate(rows):
+                t0 = time.perf_counter()
+                fn(images)
+                dt = time.perf_counter() - t0
+                if r >= args.warmup:
+                    times[i].append(dt)
+            print(f"round {r + 1}/{args.warmup + args.rounds} done", file=sys.stderr)
+    load_after = load_average()
+
+    lines = [
+        f"## {Path(sys.executable).parent.parent.name} (torch {torch.__version__})",
+        "",
+        f"Image towers, batch {args.batch} at 224 px, random weights, `torch.inference_mode`, "
+        f"torch threads {args.threads}; median of {args.rounds} interleaved rounds after {args.warmup} warm-up. "
+        f"CPU: {cpu_name()} ({os.cpu_count()} cores visible), Python {platform.python_version()}. "
+        f"Load average (1/5/15 min) before {load_before}, after {load_after}: the machine is shared "
+        "with other processes, so absolute figures are noisy; rows within one table ran interleaved.",
+        "",
+        "| model | implementation | dtype | img/s (median) | s/batch (median) | img/s range | × clipkit fp32 | max abs Δ vs clipkit fp32 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    medians = {}
+    for (arch, impl, dtype, _, _), ts in zip(rows, times):
+        medians[(arch, impl, dtype)] = statistics.median(ts)
+    for (arch, impl, dtype, _, _), ts, out in zip(rows, times, outputs):
+        med = medians[(arch, impl, dtype)]
+        base = medians[(arch, "clipkit", "fp32")]
+        diff = float((out - reference[arch]).abs().max())
+        cos = float(torch.nn.functional.cosine_similarity(out, reference[arch], dim=-1).min())
+        delta = f"{diff:.1e}" if dtype == "fp32" else f"{diff:.1e} (cos ≥ {cos:.5f})"
+        lines.append(f"| {arch} | {impl} | {dtype} | {args.batch / med:.1f} | {med:.3f} | "
+                     f"{args.batch / max(ts):.1f}–{args.batch / min(ts):.1f} | {base / med:.2f} | {delta} |")
+    cmd = " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
+                    "benchmarks/bench_towers.py", *(argv if argv is not None else sys.argv[1:])])
+    lines += ["", f"Command: `{cmd}`", ""]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and args.out.exists():
+        args.out.write_text(args.out.read_text().rstrip("\n") + "\n\n" + text)
+    else:
+        args.out.write_text("# Image-tower throughput\n\n"
+                            "Written by `benchmarks/bench_towers.py`; one section per run.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
