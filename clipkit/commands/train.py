@@ -1,0 +1,102 @@
+"""`clipkit train`: contrastive training on the synthetic world (one process or torchrun).
+
+Thin wrapper: parses the arguments into a `clipkit.train.TrainConfig` and calls
+`clipkit.train.train`. `torchrun -m clipkit.train` uses the same parser.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  clipkit train --config clipkit-synth --steps 3000 --batch-size 128 --out runs/synth
+  clipkit train --out runs/synth --resume                    # continue where it stopped
+  torchrun --nproc_per_node=2 -m clipkit.train --config tiny-vit --steps 100 --out runs/t
+
+The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss, in-batch
+image->text and text->image accuracy, lr, logit scale, samples/s; and zero-shot
+accuracy on the synthetic validation world every --eval-every steps.
+"""
+
+# Flag -> TrainConfig field. Every flag defaults to None so that `--resume` can tell
+# the values given on the command line (which override) from the saved ones.
+_FIELDS = {
+    "config": "config", "out": "out", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "warmup": "warmup", "min_lr_ratio": "min_lr_ratio", "weight_decay": "weight_decay",
+    "precision": "precision", "workers": "workers", "seed": "seed", "data_seed": "data_seed",
+    "log_every": "log_every", "eval_every": "eval_every", "eval_size": "eval_size",
+    "save_every": "save_every", "stop_at": "stop_at",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="model: a registered name (default clipkit-synth) or a JSON file "
+                                    "of a CLIPConfig")
+    p.add_argument("--out", help="run folder: checkpoint.pt, log.jsonl, model.safetensors (default runs/clip)")
+    p.add_argument("--steps", type=int, help="total optimiser steps (default 1000)")
+    p.add_argument("--batch-size", type=int, help="global batch over all ranks (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps before the cosine decay (default 100)")
+    p.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak (default 0)")
+    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay on matrices (default 0.2)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 = autocast, fp32 master weights "
+                                                                 "(default fp32)")
+    p.add_argument("--workers", type=int, help="DataLoader processes rendering the world (default 0)")
+    p.add_argument("--seed", type=int, help="model initialisation seed (default 0)")
+    p.add_argument("--data-seed", type=int, help="synthetic world seed (default 0)")
+    p.add_argument("--log-every", type=int, help="steps per log line (default 10)")
+    p.add_argument("--eval-every", type=int, help="zero-shot validation every N steps; 0 = at the end only")
+    p.add_argument("--eval-size", type=int, help="images per validation task; 0 disables it (default 200)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps; 0 = at the end only")
+    p.add_argument("--stop-at", type=int, help="stop (and checkpoint) after this step; --resume later")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from OUT/checkpoint.pt (or CHECKPOINT) with its saved settings; "
+                        "flags given now override them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `torchrun -m clipkit.train` (same flags as `clipkit train`)."""
+    p = argparse.ArgumentParser(prog="clipkit.train", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="contrastive training on the synthetic world",
+                              description=__doc__.splitlines()[0], epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig: defaults, then (with --resume) the saved settings, then the flags given."""
+    from clipkit.train import TrainConfig, load_checkpoint
+
+    values = TrainConfig().to_dict()
+    if args.resume:
+        out = args.out or values["out"]
+        path = Path(out) / "checkpoint.pt" if args.resume is True else Path(args.resume)
+        if not path.is_file():
+            raise SystemExit(f"cannot resume: no checkpoint at {path} (pass --out of the run, or a path)")
+        values.update(load_checkpoint(path)["train_config"])
+    for flag, field in _FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[field] = value
+    values["progress"] = not args.no_progress
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipkit.train import train
+
+    cfg = config_from_args(args)
+    record = train(cfg, resume=args.resume)
+    if record:
+        print(json.dumps(record))
+    return 0

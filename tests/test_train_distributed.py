@@ -1,0 +1,156 @@
+"""2 ranks == 1 rank: contrastive training on a global batch split over two gloo
+processes gives the loss, gradients and updated weights of one process on the whole
+batch (features gathered with gradients, DDP averaging)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from clipkit.models import create_model, get_config
+from clipkit.train import (
+    ContrastiveModel, TrainConfig, forward_loss, make_optimizer, make_scheduler, train_step,
+)
+
+WORLD = 2
+GLOBAL_BATCH = 8
+STEPS = 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP
+    threads per process made these tests 3-10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+VOCAB = 1000  # a small token table: Adam's update of the full 49,408 rows would dominate
+
+
+def _model():
+    torch.manual_seed(0)
+    config = get_config("tiny-vit")
+    return create_model(dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=VOCAB)))
+
+
+def _global_batch(step: int, image_size: int, context: int = 12):
+    """Deterministic images and token ids (start, random tokens, end-of-text, padding)."""
+    g = torch.Generator().manual_seed(100 + step)
+    images = torch.randn(GLOBAL_BATCH, 3, image_size, image_size, generator=g, dtype=torch.float64)
+    ids = torch.zeros(GLOBAL_BATCH, context, dtype=torch.long)
+    lengths = torch.randint(3, context + 1, (GLOBAL_BATCH,), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, 0] = VOCAB - 2  # start
+        ids[i, 1:n - 1] = torch.randint(1, VOCAB - 3, (n - 2,), generator=g)
+        ids[i, n - 1] = VOCAB - 1  # end-of-text: the largest id, where the tower reads out
+    return images, ids
+
+
+def _run(rank: int, world: int):
+    """STEPS training steps of tiny-vit in float64 on this rank's slice of the global batch.
+    Returns per step: this rank's loss, the gradients, and the weights after the step."""
+    clip = _model().double()
+    model = ContrastiveModel(clip)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS)
+    optimizer = make_optimizer(clip, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    n = GLOBAL_BATCH // world
+    records = []
+    for step in range(STEPS):
+        images, ids = _global_batch(step, clip.config.vision.image_size)
+        local = slice(rank * n, (rank + 1) * n)  # this rank's contiguous share
+        out = train_step(model, clip, images[local], ids[local], optimizer, scheduler)
+        records.append({
+            "loss": out.loss.detach(),
+            "correct": (int(out.correct_i2t), int(out.correct_t2i)),
+            "grads": {k: p.grad.detach().clone() for k, p in clip.named_parameters()},
+            "weights": {k: v.detach().clone() for k, v in clip.state_dict().items()},
+        })
+    return records
+
+
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    # A file rendezvous: no fixed TCP port to collide with tests running beside this one.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
+    try:
+        torch.save(_run(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    torch.multiprocessing.spawn(_worker, args=(WORLD, str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    return _run(0, 1)
+
+
+def test_global_loss_is_the_mean_of_rank_losses(two_ranks, one_rank):
+    for step in range(STEPS):
+        rank_losses = torch.stack([two_ranks[r][step]["loss"] for r in range(WORLD)])
+        torch.testing.assert_close(rank_losses.mean(), one_rank[step]["loss"], atol=1e-10, rtol=1e-10)
+        # in-batch accuracy counts add up to the single-process counts
+        summed = [sum(two_ranks[r][step]["correct"][k] for r in range(WORLD)) for k in range(2)]
+        assert summed == list(one_rank[step]["correct"])
+
+
+def test_gradients_equal_single_process(two_ranks, one_rank):
+    for step in range(STEPS):
+        reference = one_rank[step]["grads"]
+        assert reference["logit_scale"].abs() > 0
+        for r in range(WORLD):
+            grads = two_ranks[r][step]["grads"]
+            assert grads.keys() == reference.keys()
+            for name, g in grads.items():
+                torch.testing.assert_close(g, reference[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_weights_after_steps_equal_single_process(two_ranks, one_rank):
+    reference = one_rank[-1]["weights"]
+    before = _model().state_dict()
+    assert any(not torch.equal(before[k].double(), reference[k]) for k in reference)
+    for r in range(WORLD):
+        for name, w in two_ranks[r][-1]["weights"].items():
+            torch.testing.assert_close(w, reference[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """The real entry point: `torchrun --nproc_per_node=2 -m clipkit.train` on the synthetic
+    world ends with the weights of a one-process run on the same global batches."""
+    from safetensors.torch import load_file
+
+    from clipkit.train import train
+
+    args = ["--config", "tiny-vit", "--steps", "2", "--batch-size", "8", "--lr", "1e-4",
+            "--warmup", "1", "--eval-size", "0", "--log-every", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "clipkit.train", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    train(TrainConfig(config="tiny-vit", steps=2, batch_size=8, lr=1e-4, warmup=1, eval_size=0,
+                      log_every=1, progress=False, out=str(tmp_path / "one")))
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    assert two.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("two", "one")]
+    assert len(logs[0]) == len(logs[1]) == 2
