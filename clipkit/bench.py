@@ -257,8 +257,13 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
                   confusion_png: str | Path | None = None, cache: bool = True,
                   progress: bool | None = None, device: str = "cpu",
                   train_fraction: float = 0.5, seed: int = 0,
-                  chunk_size: int = CHUNK, _stop_after_chunks: int | None = None) -> dict | None:
-    """Evaluate a model on a dataset; returns the results dict on rank 0 (None elsewhere)."""
+                  chunk_size: int = CHUNK, fast: bool = False,
+                  _stop_after_chunks: int | None = None) -> dict | None:
+    """Evaluate a model on a dataset; returns the results dict on rank 0 (None elsewhere).
+
+    `fast=True` encodes the images with `clipkit.models.fast_inference` (bfloat16 weights,
+    channels-last ResNets); the zero-shot head is still built with the fp32 text tower.
+    """
     from clipkit.data.datasets import open_dataset
     from clipkit.rerank import _resolve_model
     from clipkit.utils import weights_fingerprint
@@ -270,7 +275,12 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
     clip, preprocess = _resolve_model(model, None, device)
     data.transform = preprocess
-    feats = extract_features(clip, data, batch_size=batch_size, workers=workers, cache=cache,
+    image_model = clip
+    if fast:
+        from clipkit.models.fast import fast_inference
+
+        image_model = fast_inference(clip)
+    feats = extract_features(image_model, data, batch_size=batch_size, workers=workers, cache=cache,
                              progress=progress, device=device, dist_ctx=ctx,
                              stop_after_chunks=_stop_after_chunks, chunk_size=chunk_size)
     if not ctx.main:
@@ -283,6 +293,7 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
         "model": model if isinstance(model, str) else getattr(clip, "name", None) or type(clip).__name__,
         "pretrained": weights_fingerprint(clip)[:16],
         "task": task,
+        "fast_path": getattr(image_model, "fast_path", None),
         "world_size": ctx.world,
     }
     t_eval = time.perf_counter()

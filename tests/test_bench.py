@@ -145,3 +145,24 @@ def test_two_processes_equal_one(tiny, mnist_root, tmp_path):
     assert outs[2]["world_size"] == 2 and outs[1]["world_size"] == 1
     assert outs[1]["metrics"] == outs[2]["metrics"]
     assert outs[1]["per_class_accuracy"] == outs[2]["per_class_accuracy"]
+
+
+def test_fast_path_run_uses_bf16_image_features_and_an_fp32_head(tiny, mnist_root):
+    from clipkit.data.datasets import mnist_idx
+    from clipkit.models import fast_inference
+    from clipkit.templates import load_templates
+    from clipkit.transforms import image_transform
+    from clipkit.zeroshot import build_head
+
+    result = bench.run_benchmark(dataset="mnist", root=str(mnist_root), model=tiny, templates="mnist",
+                                 batch_size=8, progress=False, chunk_size=16, fast=True)
+    assert result["fast_path"] == {"dtype": "bfloat16", "channels_last": False}
+    data = mnist_idx(mnist_root, transform=image_transform(tiny.config.vision.image_size))
+    with torch.no_grad():
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        feats = fast_inference(tiny).encode_image(x, normalize=True).float()
+        head = build_head(tiny, data.classes, load_templates("mnist"), cache=False)
+        pred = head(feats).argmax(1)
+    acc = float((pred == torch.as_tensor(data.labels)).double().mean())
+    assert result["metrics"]["acc1"] == pytest.approx(acc, abs=1e-12)
+    assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the caller's model is untouched

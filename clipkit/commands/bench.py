@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the results JSON here (and a confusion PNG beside it)")
     p.add_argument("--chunk-size", type=int, default=512,
                    help="images per cached chunk, the unit of resume and of work per rank [512]")
+    p.add_argument("--fast", action="store_true",
+                   help="encode images with bfloat16 weights (and channels-last ResNets): about 2x faster "
+                        "on CPUs with AVX-512 BF16, embeddings within cosine 0.999 of fp32")
     p.add_argument("--no-cache", action="store_true", help="do not read or write feature/head caches")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list-models", action="store_true", help="print the known model names and exit")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset, root=args.root, split=args.split, task=args.task,
             model=args.checkpoint or args.model, templates=args.templates,
             batch_size=args.batch_size, workers=args.workers, out=args.out,
-            cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size)
+            cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size,
+            fast=args.fast)
     except (DatasetLayoutError, FileNotFoundError) as e:
         print(f"clipkit bench: {e}", file=sys.stderr)
         return 2
