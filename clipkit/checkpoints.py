@@ -97,7 +97,7 @@ OPENAI_URLS: dict[str, str] = {
 
 # Models shipped inside the package: name -> safetensors path relative to the package
 # folder (e.g. "weights/clipkit-synth.safetensors").
-_SHIPPED: dict[str, str] = {}
+_SHIPPED: dict[str, str] = {"clipkit-synth": "weights/clipkit-synth.safetensors"}
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -760,10 +760,12 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
 
 
 def save(model: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
-         *, config: CLIPConfig | None = None) -> Path:
+         *, config: CLIPConfig | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write weights as safetensors with the architecture (CLIPConfig.to_dict) in the metadata.
 
     `model` is a CLIP module (its `.config` is used) or a state dict with `config=`.
+    `dtype` (e.g. torch.float16) converts floating-point tensors to halve the file; `load`
+    runs half-precision weights in float32 on CPU.
     """
     from safetensors.torch import save_file
 
@@ -781,6 +783,8 @@ def save(model: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.Pat
     seen: set[int] = set()
     for key, value in state.items():
         t = value.detach().to("cpu").contiguous()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
         ptr = t.untyped_storage().data_ptr()
         if ptr in seen and t.numel():
             t = t.clone()  # safetensors refuses tensors that share memory

@@ -195,22 +195,10 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
 
 def _resolve_model(model, preprocess, device):
     """(model, preprocess) from a module, a pair, a name/path, or None (the shipped default)."""
-    from clipkit.transforms import image_transform
+    from clipkit.zeroshot import resolve_model
 
     if isinstance(model, tuple):
-        model, preprocess = model
-    if model is None or isinstance(model, (str, Path)):
-        from clipkit.checkpoints import load
-        from clipkit.zeroshot import DEFAULT_MODEL
-
-        name = model or DEFAULT_MODEL
-        if name is None:
-            raise ValueError("no model given and no default model is shipped yet: pass model='ViT-B/32' "
-                             "(with its weights), a checkpoint path, or a CLIP module")
-        model, loaded_pre = load(name, device=device)
-        preprocess = preprocess or loaded_pre
-    model = model.to(device).eval()
-    if preprocess is None:
-        cfg = model.config
-        preprocess = image_transform(cfg.vision.image_size, cfg.image_mean, cfg.image_std)
-    return model, preprocess
+        model, pair_preprocess = model
+        preprocess = preprocess or pair_preprocess
+    model, loaded = resolve_model(model, device=device)
+    return model.eval(), preprocess or loaded

@@ -55,9 +55,10 @@ __all__ = [
     "zero_shot",
 ]
 
-# The model used when none is named. None until the project ships its own small model;
-# set it to that model's registry name (e.g. "clipkit-synth") to turn the default on.
-DEFAULT_MODEL: str | None = None
+# The model used when none is named: the project's own small CLIP, trained on the synthetic
+# world and shipped inside the package (clipkit/weights/clipkit-synth.safetensors, see the
+# model card beside it). Set to None to force callers to name a model.
+DEFAULT_MODEL: str | None = "clipkit-synth"
 
 # Bump when the head's arithmetic or file layout changes: old cache entries stop matching.
 HEAD_FORMAT_VERSION = 1

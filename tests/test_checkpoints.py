@@ -267,6 +267,20 @@ def test_save_then_load_keeps_the_config(tmp_path):
     _assert_same_model(loaded, model, model.config)
 
 
+def test_save_in_float16_halves_the_file_and_loads_as_float32(tmp_path):
+    model = _random_model("tiny-vit")
+    full = clipkit.save(model, tmp_path / "full.safetensors")
+    half = clipkit.save(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    sd, _ = ck.load_state_dict(half)
+    assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+    loaded, _ = clipkit.load(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for key, value in model.state_dict().items():
+        expected = value.to(torch.float16).float() if value.is_floating_point() else value
+        assert torch.equal(loaded.state_dict()[key], expected), key
+
+
 def test_safetensors_without_metadata_infers_the_architecture(tmp_path):
     custom = CLIPConfig(embed_dim=32, vision=VisionConfig(image_size=32, width=64, layers=1, heads=1, patch_size=16),
                         text=TextConfig(vocab_size=49408, width=64, heads=1, layers=1))
