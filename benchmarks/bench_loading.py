@@ -40,27 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import clipkit  # noqa: E402
+from benchmarks._machine import cpu_name  # noqa: E402
+from tests.test_checkpoints import _Released  # noqa: E402 - the released archives' layout
 from clipkit.models import create_model  # noqa: E402
 
 ARCH = "ViT-B/32"
-
-
-class _Released(torch.nn.Module):
-    """The model's modules and parameters under OpenAI's names plus the three integer
-    entries of the released archives; traced like the released files were."""
-
-    def __init__(self, model):
-        super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        self.register_buffer("input_resolution", torch.tensor(model.config.vision.image_size))
-        self.register_buffer("context_length", torch.tensor(model.config.text.context_length))
-        self.register_buffer("vocab_size", torch.tensor(model.config.text.vocab_size))
-
-    def forward(self, images):
-        return self.visual(images)
 
 
 def write_formats(folder: Path) -> dict[str, Path]:
@@ -159,16 +143,6 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -195,7 +169,7 @@ def main(argv=None) -> None:
         "",
         f"Command: `{command}` (from the repository root)",
         "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores visible, torch {torch.__version__} with "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()} "
         f"{platform.release()}. Median of {args.repeats} runs each, after one warm-up (files in the page cache). "
         f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run "

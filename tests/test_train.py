@@ -18,14 +18,7 @@ from clipkit.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP
-    threads per process made these tests 3-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _batch(n=8, image_size=32, context=10, seed=0, vocab=49408):

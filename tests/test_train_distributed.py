@@ -22,14 +22,7 @@ GLOBAL_BATCH = 8
 STEPS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP
-    threads per process made these tests 3-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 VOCAB = 1000  # a small token table: Adam's update of the full 49,408 rows would dominate
