@@ -1,0 +1,500 @@
+"""Training the generator in two stages, with checkpoints and exact resume.
+
+Stage 1 trains the dVAE on images (Gumbel-softmax relaxation, temperature 1 -> 1/16 on a
+cosine schedule, KL weight ramped 0 -> β). Stage 2 encodes a corpus of (caption, image)
+pairs to (text ids, argmax codes) once and trains the transformer on it (loss 1/8 text +
+7/8 image; the caption is replaced by all-padding with probability p_uncond so the same
+model also learns the unconditional distribution classifier-free guidance needs).
+
+Every random choice at step s (the batch, the Gumbel noise, the dropped captions) comes
+from generators seeded by (seed, s), and the learning-rate and annealing schedules are
+functions of s, so `k` steps in one go and `k/2` + resume + `k/2` give the same weights.
+
+    python -m clipkit.generator.train --stage dvae --config synth-mini --steps 1500 --lr 3e-3 --kl-weight 0.2 --out runs/gen
+    python -m clipkit.generator.train --stage transformer --config synth-mini --steps 6000 --lr 2e-3 --out runs/gen
+    python -m clipkit.generator.train ... --resume          # continue from runs/gen/<stage>-last.safetensors
+
+Outputs in --out: `dvae-last.safetensors` / `transformer-last.safetensors` (checkpoints
+with optimizer state), `dvae.safetensors` (the trained dVAE), `corpus.safetensors` (the
+encoded training pairs) and `generator.safetensors` (the `Generator`, loadable with
+`Generator.load`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from clipkit.generator.dvae import DVAE, DVAEConfig, psnr
+from clipkit.generator.transformer import DALLETransformer, TransformerConfig, null_text, text_from_clip_ids
+
+# ---------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DVAETrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam; small conv nets on flat synthetic images tolerate a high rate
+    warmup: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay to lr × this
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    temp_start: float = 1.0  # Gumbel-softmax temperature, annealed by a cosine schedule (the
+    temp_end: float = 1 / 16  # paper: a linear schedule "typically led to divergence")
+    anneal_fraction: float = 0.8  # reach temp_end after this fraction of the steps
+    kl_weight: float = 6.6  # the paper's β, reached after kl_warmup_fraction of the steps
+    kl_warmup_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TransformerTrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3  # AdamW; a 6M-parameter model with warmup takes it
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    p_uncond: float = 0.15  # caption dropped -> all padding (classifier-free guidance)
+    text_weight: float = 1 / 8  # the paper's weights: 1/8 text, 7/8 image
+    seed: int = 0
+
+
+def lr_at(step: int, steps: int, base: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to base × min_ratio at `steps`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def temperature_at(step: int, steps: int, tc: DVAETrainConfig) -> float:
+    """Cosine anneal from temp_start to temp_end over anneal_fraction × steps."""
+    t = min(1.0, step / max(1, tc.anneal_fraction * steps))
+    return tc.temp_end + (tc.temp_start - tc.temp_end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def kl_weight_at(step: int, steps: int, tc: DVAETrainConfig) -> float:
+    """Linear ramp 0 -> kl_weight over kl_warmup_fraction × steps."""
+    ramp = tc.kl_warmup_fraction * steps
+    return tc.kl_weight if ramp <= 0 else tc.kl_weight * min(1.0, step / ramp)
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """The generator of one random choice of one step: a function of (seed, step, stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def to_image_tensor(item: Any, size: int | None = None) -> torch.Tensor:
+    """A dataset item -> (3, H, W) float in [0, 1]: a PIL image, a tensor, a Sample (.image)
+    or an (image, caption) pair."""
+    from clipkit.generator.generator import pil_to_tensor
+
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if hasattr(item, "image"):
+        item = item.image
+    if isinstance(item, torch.Tensor):
+        t = item.float()
+        return t / 255 if item.dtype == torch.uint8 else t
+    return pil_to_tensor(item, size)
+
+
+def image_batch(data, indices: Sequence[int], size: int | None = None) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        batch = data[torch.as_tensor(indices)]
+        return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
+    return torch.stack([to_image_tensor(data[int(i)], size) for i in indices])
+
+
+def _caption_of(item: Any) -> str:
+    if isinstance(item, (tuple, list)):
+        return item[1]
+    return item.caption
+
+
+@torch.no_grad()
+def encode_corpus(dvae: DVAE, data, count: int, tokenizer, text_len: int, batch_size: int = 256,
+                  log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
+    """The first `count` items of `data` ((image, caption) pairs or Samples) -> {"text":
+    generator ids (count, text_len), "codes": argmax dVAE codes (count, grid²)} and the
+    captions' CLIP ids in "clip_ids"."""
+    dvae.eval()
+    texts, codes, t0 = [], [], time.time()
+    for s in range(0, count, batch_size):
+        items = [data[i] for i in range(s, min(count, s + batch_size))]
+        images = torch.stack([to_image_tensor(it, dvae.config.image_size) for it in items])
+        codes.append(dvae.encode(images).flatten(1).to(torch.int16))
+        texts.append(tokenizer([_caption_of(it) for it in items], context_length=text_len))
+        if log and (s // batch_size) % 20 == 0:
+            log(f"encoded {min(count, s + batch_size)}/{count} images ({time.time() - t0:.0f} s)")
+    clip_ids = torch.cat(texts)
+    return {"text": text_from_clip_ids(clip_ids, text_len), "codes": torch.cat(codes).long(), "clip_ids": clip_ids}
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints (safetensors: model, optimizer moments, step; configs in the metadata)
+# ---------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    step: int, steps: int, train_config, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for i, state in optimizer.state_dict()["state"].items():
+        for name, v in state.items():
+            tensors[f"optim.{i}.{name}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
+    meta = {"kind": kind, "step": str(step), "steps": str(steps),
+            "model_config": json.dumps(model.config.to_dict()),
+            "train_config": json.dumps(dataclasses.asdict(train_config)), **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def load_checkpoint(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("kind") != kind:
+            raise ValueError(f"{path} is a {meta.get('kind')!r} checkpoint, not {kind!r}")
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
+
+
+def _restore(model, optimizer, tensors) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+# ---------------------------------------------------------------------------
+# Loops
+# ---------------------------------------------------------------------------
+
+
+def _optimizer(model, lr, weight_decay) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
+def _start(kind, model, optimizer, out_dir, resume, log) -> int:
+    if not resume:
+        return 0
+    if out_dir is None:
+        raise ValueError("resume=True needs out_dir")
+    path = Path(out_dir) / f"{kind}-last.safetensors"
+    if not path.is_file():
+        log(f"no checkpoint at {path}; starting from step 0")
+        return 0
+    tensors, meta = load_checkpoint(path, kind)
+    # compare as configs: JSON turns the config's tuples (e.g. DVAEConfig.mults) into lists
+    if type(model.config).from_dict(json.loads(meta["model_config"])) != model.config:
+        raise ValueError(f"{path} was trained with another architecture: {meta['model_config']}")
+    _restore(model, optimizer, tensors)
+    log(f"resumed {kind} from {path} at step {meta['step']}")
+    return int(meta["step"])
+
+
+def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainConfig | None = None,
+               out_dir: str | os.PathLike | None = None, resume: bool = False, stop_at: int | None = None,
+               checkpoint_every: int = 500, log_every: int = 50, eval_images: torch.Tensor | None = None,
+               log: Callable[[str], None] = print) -> tuple[DVAE, list[dict]]:
+    """Train a dVAE for `steps` steps (the schedules' length) on `data`.
+
+    data: a tensor (N, 3, H, W) in [0, 1] (or uint8), or a sequence of PIL images /
+        Samples / (image, caption) pairs; batches are drawn uniformly at random.
+    out_dir: where `dvae-last.safetensors` (every checkpoint_every steps and at the end)
+        and `dvae.safetensors` (the weights, at the end) go. resume: continue from the
+        checkpoint there. stop_at: stop early at this step (the schedules still span `steps`).
+    eval_images: a fixed batch whose hard (argmax) reconstruction MSE / PSNR is logged.
+    Returns the model and the logged history.
+    """
+    model = model if isinstance(model, DVAE) else DVAE(model)
+    tc = train or DVAETrainConfig()
+    out = Path(out_dir) if out_dir is not None else None
+    opt = _optimizer(model, tc.lr, tc.weight_decay)
+    step = _start("dvae", model, opt, out, resume, log)
+    end = steps if stop_at is None else min(stop_at, steps)
+    history, t0, first, size = [], time.time(), step, model.config.image_size
+    model.train()
+    while step < end:
+        idx = torch.randint(len(data), (tc.batch_size,), generator=step_generator(tc.seed, step, 0))
+        images = image_batch(data, idx.tolist(), size)
+        temp, beta = temperature_at(step, steps, tc), kl_weight_at(step, steps, tc)
+        lr = lr_at(step, steps, tc.lr, tc.warmup, tc.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        stats, logits = model(images, temp, generator=step_generator(tc.seed, step, 1))
+        loss, parts = model.loss(images, stats, logits, beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        if step % log_every == 0 or step == end:
+            rec = {"step": step, "loss": loss.item(), **parts, "temperature": temp, "kl_weight": beta, "lr": lr,
+                   "s_per_step": (time.time() - t0) / (step - first)}
+            if eval_images is not None:
+                rec.update({f"eval_{k}": v for k, v in evaluate_dvae(model, eval_images).items()})
+                model.train()
+            history.append(rec)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        if out is not None and (step % checkpoint_every == 0 or step == end):
+            save_checkpoint(out / "dvae-last.safetensors", "dvae", model, opt, step, steps, tc)
+    model.eval()
+    if out is not None and step >= steps:
+        save_dvae(model, out / "dvae.safetensors")
+    return model, history
+
+
+@torch.no_grad()
+def evaluate_dvae(model: DVAE, images: torch.Tensor) -> dict[str, float]:
+    """Reconstruction through the argmax codes (what the generator can reproduce)."""
+    model.eval()
+    rec = model.reconstruct(images)
+    mse = torch.mean((rec - images) ** 2).item()
+    return {"mse": mse, "psnr": psnr(mse), "codes_used": int(model.encode(images).unique().numel())}
+
+
+def save_dvae(model: DVAE, path: str | os.PathLike) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+              metadata={"format": "clipkit-dvae/1", "config": json.dumps(model.config.to_dict())})
+    return path
+
+
+def load_dvae(path: str | os.PathLike) -> DVAE:
+    """A dVAE from `save_dvae`'s file or from a `dvae-last` checkpoint."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") == "clipkit-dvae/1":
+        model = DVAE(DVAEConfig.from_dict(json.loads(meta["config"])))
+        model.load_state_dict(tensors)
+    elif meta.get("kind") == "dvae":
+        model = DVAE(DVAEConfig.from_dict(json.loads(meta["model_config"])))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    else:
+        raise ValueError(f"{path} is neither a dVAE file nor a dVAE checkpoint")
+    return model.eval()
+
+
+def train_transformer(model: DALLETransformer | TransformerConfig, corpus: dict[str, torch.Tensor], steps: int, *,
+                      train: TransformerTrainConfig | None = None, out_dir: str | os.PathLike | None = None,
+                      resume: bool = False, stop_at: int | None = None, checkpoint_every: int = 500,
+                      log_every: int = 50, eval_corpus: dict[str, torch.Tensor] | None = None,
+                      on_checkpoint: Callable[[DALLETransformer, int], None] | None = None,
+                      log: Callable[[str], None] = print) -> tuple[DALLETransformer, list[dict]]:
+    """Train the transformer for `steps` steps on an encoded corpus {"text", "codes"}
+    (see `encode_corpus`). Same checkpoint / resume / stop_at contract as `train_dvae`;
+    `on_checkpoint(model, step)` runs after each checkpoint (e.g. export a Generator)."""
+    model = model if isinstance(model, DALLETransformer) else DALLETransformer(model)
+    tc = train or TransformerTrainConfig()
+    out = Path(out_dir) if out_dir is not None else None
+    text_all, codes_all = corpus["text"], corpus["codes"]
+    opt = _optimizer(model, tc.lr, tc.weight_decay)
+    step = _start("transformer", model, opt, out, resume, log)
+    end = steps if stop_at is None else min(stop_at, steps)
+    history, t0, first = [], time.time(), step
+    L = model.config.text_len
+    model.train()
+    while step < end:
+        idx = torch.randint(len(text_all), (tc.batch_size,), generator=step_generator(tc.seed, step, 0))
+        text, codes = text_all[idx], codes_all[idx]
+        drop = torch.rand(tc.batch_size, generator=step_generator(tc.seed, step, 2)) < tc.p_uncond
+        text = torch.where(drop[:, None], null_text(tc.batch_size, L), text)
+        lr = lr_at(step, steps, tc.lr, tc.warmup, tc.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, parts = model.loss(text, codes, tc.text_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        if step % log_every == 0 or step == end:
+            rec = {"step": step, "loss": loss.item(), **parts, "lr": lr,
+                   "s_per_step": (time.time() - t0) / (step - first)}
+            if eval_corpus is not None:
+                rec["eval_image_ce"] = evaluate_transformer(model, eval_corpus)
+                model.train()
+            history.append(rec)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        if out is not None and (step % checkpoint_every == 0 or step == end):
+            save_checkpoint(out / "transformer-last.safetensors", "transformer", model, opt, step, steps, tc)
+            if on_checkpoint is not None:
+                on_checkpoint(model, step)
+    model.eval()
+    return model, history
+
+
+@torch.no_grad()
+def evaluate_transformer(model: DALLETransformer, corpus: dict[str, torch.Tensor], batch_size: int = 64) -> float:
+    """Mean image cross-entropy (nats per code) on an encoded corpus."""
+    model.eval()
+    total, n = 0.0, 0
+    for s in range(0, len(corpus["text"]), batch_size):
+        text, codes = corpus["text"][s:s + batch_size], corpus["codes"][s:s + batch_size]
+        _, parts = model.loss(text, codes)
+        total += parts["image_ce"] * len(text)
+        n += len(text)
+    return total / max(1, n)
+
+
+# ---------------------------------------------------------------------------
+# Command line: the synthetic world end to end
+# ---------------------------------------------------------------------------
+
+
+def _synth(image_size: int, split: str = "train"):
+    from clipkit.data.synth import SynthDataset, SynthWorld
+
+    return SynthDataset(SynthWorld(seed=0, image_size=image_size, split=split))
+
+
+def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log) -> dict[str, torch.Tensor]:
+    """The encoded training corpus, cached in out/corpus.safetensors (rebuilt if it does not match)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clipkit.tokenizer import get_tokenizer
+    from clipkit.utils import weights_fingerprint
+
+    path = out / "corpus.safetensors"
+    key = {"dvae": weights_fingerprint(dvae), "count": str(count), "text_len": str(text_len)}
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}) == key:
+                log(f"using the encoded corpus {path}")
+                return {k: f.get_tensor(k) for k in f.keys()}
+    log(f"encoding {count} synthetic images with the dVAE (once; cached in {path})")
+    corpus = encode_corpus(dvae, _synth(dvae.config.image_size), count, get_tokenizer(), text_len, log=log)
+    save_file({k: v.contiguous() for k, v in corpus.items()}, path, metadata=key)
+    return corpus
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clipkit.generator.configs import GENERATOR_CONFIGS
+
+    p = argparse.ArgumentParser(
+        prog="python -m clipkit.generator.train",
+        description="Train the generator on the synthetic world: --stage dvae, then --stage transformer.",
+        epilog="examples:\n"
+               "  python -m clipkit.generator.train --stage dvae --config synth-mini --steps 1500 --lr 3e-3 "
+               "--kl-weight 0.2 --out runs/gen\n"
+               "  python -m clipkit.generator.train --stage transformer --config synth-mini --steps 6000 --lr 2e-3 "
+               "--corpus 30000 --out runs/gen\n"
+               "  python -m clipkit.generator.train --stage transformer ... --resume\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=("dvae", "transformer"), required=True)
+    p.add_argument("--config", choices=sorted(GENERATOR_CONFIGS), default="synth-mini",
+                   help="architecture [synth-mini, the shipped one]")
+    p.add_argument("--steps", type=int, required=True, help="total steps (the schedules' length)")
+    p.add_argument("--stop-at", type=int, help="stop early at this step (resume later with --resume)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, corpus, exported weights")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/<stage>-last.safetensors")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--corpus", type=int, default=60000, help="transformer stage: synthetic pairs to encode")
+    p.add_argument("--dvae", help="transformer stage: dVAE weights [<out>/dvae.safetensors]")
+    p.add_argument("--recon-loss", choices=("logit_laplace", "mse"), help="dVAE stage: override the config's")
+    p.add_argument("--kl-weight", type=float,
+                   help="dVAE stage: final KL weight β [6.6, the paper's, for the logit-Laplace loss in nats; "
+                        "a squared-error loss is ~100× smaller and needs β ~0.1]")
+    p.add_argument("--threads", type=int, help="torch threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the initial weights
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dvae_cfg, tr_cfg = GENERATOR_CONFIGS[args.config]
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    if args.stage == "dvae" and args.kl_weight is not None:
+        overrides["kl_weight"] = args.kl_weight
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with open(out / f"{args.stage}.log", "a") as f:
+            f.write(msg + "\n")
+
+    if args.stage == "dvae":
+        if args.recon_loss:
+            dvae_cfg = dataclasses.replace(dvae_cfg, recon_loss=args.recon_loss)
+        tc = DVAETrainConfig(seed=args.seed, **overrides)
+        val = _synth(dvae_cfg.image_size, "val")
+        eval_images = image_batch(val, range(64), dvae_cfg.image_size)
+        train_dvae(DVAE(dvae_cfg), _synth(dvae_cfg.image_size), args.steps, train=tc, out_dir=out,
+                   resume=args.resume, stop_at=args.stop_at, checkpoint_every=args.checkpoint_every,
+                   log_every=args.log_every, eval_images=eval_images, log=log)
+        return 0
+
+    from clipkit.generator.generator import Generator
+    from clipkit.generator.transformer import build_text_vocab
+
+    dvae = load_dvae(args.dvae or out / "dvae.safetensors")
+    corpus = _corpus(out, dvae, args.corpus, tr_cfg.text_len, log)
+    n_eval = min(1000, len(corpus["text"]) // 10)
+    train_set = {k: v[n_eval:] for k, v in corpus.items()}
+    eval_set = {k: v[:n_eval] for k, v in corpus.items()}
+    model = DALLETransformer(tr_cfg)
+    if tr_cfg.compact_vocab:
+        from clipkit.tokenizer import get_tokenizer
+
+        ids = torch.unique(corpus["clip_ids"]).tolist()
+        ids = sorted(set(ids) - {0} | set(build_text_vocab([], get_tokenizer())))
+        # 0 is padding in clip_ids; "!" (id 0) is not in the synthetic grammar
+        model.set_text_vocab(ids)
+        log(f"text vocabulary: {len(ids)} BPE ids (+ unknown) of {tr_cfg.text_vocab} slots")
+    tc = TransformerTrainConfig(seed=args.seed, **overrides)
+
+    def export(m: DALLETransformer, step: int) -> None:
+        Generator(dvae, m).save(out / "generator.safetensors")
+        m.train()
+
+    train_transformer(model, train_set, args.steps, train=tc, out_dir=out, resume=args.resume,
+                      stop_at=args.stop_at, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                      eval_corpus=eval_set, on_checkpoint=export, log=log)
+    log(f"generator written to {out / 'generator.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The shipped generator (clipkit/weights/generator-synth.safetensors) works offline."""
+from __future__ import annotations
+
+import torch
+
+from clipkit.generator.generator import default_weights_path, load_default
+
+
+
+def test_shipped_generator_is_in_the_package_small_and_has_a_card():
+    path = default_weights_path()
+    assert path.is_file(), f"the shipped generator weights are missing: {path}"
+    assert path.stat().st_size <= 30 * 2**20
+    assert (path.parent / "GENERATOR_CARD.md").is_file()
+
+
+def test_shipped_generator_draws_a_caption_deterministically():
+    gen = load_default()
+    a = gen.generate("a green pentagon", n=2, seed=0)
+    assert len(a) == 2 and a[0].size == (gen.dvae.config.image_size,) * 2
+    assert torch.equal(gen.generate("a green pentagon", n=2, seed=0).codes, a.codes)
+
+    # the caption's colour reaches the image: the pixels that differ from the background
+    # (the median colour) are green on average
+    import numpy as np
+
+    fg = []
+    for im in gen.generate("a green pentagon", n=4, seed=0):
+        px = np.asarray(im, dtype=float).reshape(-1, 3)
+        far = np.abs(px - np.median(px, axis=0)).sum(1) > 90
+        fg.append(px[far])
+    r, g, b = np.concatenate(fg).mean(0)
+    assert g > r + 30 and g > b + 30, (r, g, b)
