@@ -95,6 +95,14 @@ def summarise(values: list[float]) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def _shown(path: str) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def _file_id(path: str | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None
@@ -134,7 +142,11 @@ def load_generator(spec: str | None):
 def load_reranker(spec: str | None):
     from clipkit.rerank import Reranker
 
-    return Reranker(spec), spec or "clipkit-synth (shipped default)"
+    if spec is None:
+        from clipkit.checkpoints import _PACKAGE_DIR, _SHIPPED
+
+        return Reranker(), str(_PACKAGE_DIR / _SHIPPED["clipkit-synth"])
+    return Reranker(spec), spec
 
 
 def load_judge(spec: str | None):
@@ -239,10 +251,10 @@ def measure(args) -> dict:
     t_dvae = time.perf_counter() - t_dvae
     return {
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/rerank_gain.py", *sys.argv[1:]]),
-        "generator": {"weights": gen_name, "sha256_16": _file_id(gen_name),
+        "generator": {"weights": _shown(gen_name), "sha256_16": _file_id(gen_name),
                       "defaults": gen.defaults, "settings": gen_kw},
-        "clip": {"weights": clip_name, "sha256_16": _file_id(args.clip_weights)},
-        "judge": {"weights": judge_name, "sha256_16": _file_id(judge_name), "metrics": judge.metrics_,
+        "clip": {"weights": _shown(clip_name), "sha256_16": _file_id(clip_name)},
+        "judge": {"weights": _shown(judge_name), "sha256_16": _file_id(judge_name), "metrics": judge.metrics_,
                   "check": judge_dvae},
         "n": n, "n_values": n_values, "captions": len(rows), "pairs": len(pairs),
         "heldout_captions": len(groups["heldout"]), "seen_captions": len(groups["seen"]),
