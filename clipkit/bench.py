@@ -290,7 +290,7 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
         "dataset": dataset,
         "data": data.description,
         "split": split,
-        "model": model if isinstance(model, str) else getattr(clip, "name", None) or type(clip).__name__,
+        "model": _model_name(model, clip),
         "pretrained": weights_fingerprint(clip)[:16],
         "task": task,
         "fast_path": getattr(image_model, "fast_path", None),
@@ -345,6 +345,17 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _model_name(model, clip) -> str:
+    """What the results JSON calls the model: the name or path given, else the default's name."""
+    if isinstance(model, (str, Path)):
+        return str(model)
+    if model is None:
+        from clipkit.zeroshot import DEFAULT_MODEL
+
+        return f"{DEFAULT_MODEL} (default)"
+    return getattr(clip, "name", None) or type(clip).__name__
 
 
 def _stratified_split(labels: torch.Tensor, train_fraction: float, seed: int):

@@ -47,3 +47,10 @@ def test_default_model_tells_a_red_circle_from_a_blue_square(shipped):
     assert list(pred) == ["red circle"] * 4 + ["blue square"] * 4
     proba = clf.predict_proba(images)
     assert np.allclose(proba.sum(1), 1.0, atol=1e-5)
+
+
+def test_results_name_the_default_model():
+    from clipkit.bench import _model_name
+
+    assert _model_name(None, object()) == "clipkit-synth (default)"
+    assert _model_name("ViT-B/32", object()) == "ViT-B/32"
