@@ -284,6 +284,7 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
                              progress=progress, device=device, dist_ctx=ctx,
                              stop_after_chunks=_stop_after_chunks, chunk_size=chunk_size)
     if not ctx.main:
+        _leave(ctx)  # wait for rank 0's evaluation, then shut gloo down cleanly
         return None
 
     result: dict[str, Any] = {
@@ -344,7 +345,16 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
         result["confusion_png"] = str(confusion_png)
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2))
+    _leave(ctx)
     return result
+
+
+def _leave(ctx: Dist) -> None:
+    """All ranks meet, then leave the process group: a rank that exits while gloo still has
+    a peer talking to it aborts ("terminate called without an active exception")."""
+    if ctx.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _model_name(model, clip) -> str:
