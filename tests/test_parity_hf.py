@@ -28,15 +28,8 @@ from clipkit.models import CLIP, CLIPConfig, TextConfig, VisionConfig
 SOT, EOT = 49406, 49407
 FIXTURES = Path(__file__).parent / "fixtures" / "resnet"
 
+from tests.test_models import make_ids  # noqa: E402  (rows of SOT, random tokens, EOT, padding)
 
-def make_ids(lengths, context=77, seed=0, sot=SOT, eot=EOT):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(len(lengths), context, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, 0] = sot
-        ids[i, 1:n - 1] = torch.randint(1, sot, (n - 2,), generator=g)
-        ids[i, n - 1] = eot
-    return ids
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

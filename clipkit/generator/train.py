@@ -197,6 +197,15 @@ def _restore(model, optimizer, tensors) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _update(model, opt, loss, grad_clip) -> None:
+    """One optimiser step on `loss`, with optional gradient-norm clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
 def _optimizer(model, lr, weight_decay) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -253,11 +262,7 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
             group["lr"] = lr
         stats, logits = model(images, temp, generator=step_generator(tc.seed, step, 1))
         loss, parts = model.loss(images, stats, logits, beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        _update(model, opt, loss, tc.grad_clip)
         step += 1
         if step % log_every == 0 or step == end:
             rec = {"step": step, "loss": loss.item(), **parts, "temperature": temp, "kl_weight": beta, "lr": lr,
@@ -340,11 +345,7 @@ def train_transformer(model: DALLETransformer | TransformerConfig, corpus: dict[
         for group in opt.param_groups:
             group["lr"] = lr
         loss, parts = model.loss(text, codes, tc.text_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        _update(model, opt, loss, tc.grad_clip)
         step += 1
         if step % log_every == 0 or step == end:
             rec = {"step": step, "loss": loss.item(), **parts, "lr": lr,
