@@ -265,15 +265,16 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     channels-last ResNets); the zero-shot head is still built with the fp32 text tower.
     """
     from clipkit.data.datasets import open_dataset
-    from clipkit.rerank import _resolve_model
     from clipkit.utils import weights_fingerprint
+    from clipkit.zeroshot import resolve_model
 
     if task not in ("zeroshot", "linear-probe"):
         raise ValueError(f"task must be 'zeroshot' or 'linear-probe', got {task!r}")
     ctx = init_distributed()
     t_start = time.perf_counter()
     data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
-    clip, preprocess = _resolve_model(model, None, device)
+    clip, preprocess = resolve_model(model, device=device)
+    clip = clip.eval()
     data.transform = preprocess
     image_model = clip
     if fast:

@@ -39,7 +39,10 @@ class Reranker:
 
     def __init__(self, model=None, preprocess: Callable | None = None, *, device: str = "cpu",
                  batch_size: int = 64, tokenizer=None):
-        self.model, self.preprocess = _resolve_model(model, preprocess, device)
+        from clipkit.zeroshot import resolve_model
+
+        model, loaded = resolve_model(model, device=device)  # also unpacks a (model, preprocess) pair
+        self.model, self.preprocess = model.eval(), preprocess or loaded
         self.device = device
         self.batch_size = batch_size
         if tokenizer is None:
@@ -192,13 +195,3 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
         return False
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
-
-def _resolve_model(model, preprocess, device):
-    """(model, preprocess) from a module, a pair, a name/path, or None (the shipped default)."""
-    from clipkit.zeroshot import resolve_model
-
-    if isinstance(model, tuple):
-        model, pair_preprocess = model
-        preprocess = preprocess or pair_preprocess
-    model, loaded = resolve_model(model, device=device)
-    return model.eval(), preprocess or loaded
