@@ -257,6 +257,26 @@ def test_mnist_style_digits_are_white_on_black_and_centred():
         assert 0.02 < ink.mean() < 0.35, ink.mean()  # MNIST: 0.13 of pixels above half (0.05-0.21)
 
 
+def test_half_of_mnist_style_digits_are_drawn_at_28_pixels_and_upsampled():
+    from PIL import Image
+
+    world = SynthWorld(seed=1, mix={"digit": 1.0})
+    mnist = [s for s in (world.sample(i) for i in range(300)) if s.attrs["style"] == "mnist"]
+    low = [s for s in mnist if s.attrs["resolution"] == 28]
+    assert {s.attrs["resolution"] for s in mnist} == {28, 64}
+    assert 0.3 < len(low) / len(mnist) < 0.7
+
+    def detail(s):  # what a 28-pixel round trip removes: fine detail above MNIST's resolution
+        a = pixels(s.image)
+        b = pixels(s.image.resize((28, 28), Image.BOX).resize((64, 64), Image.BICUBIC))
+        return np.abs(a - b).mean()
+
+    sharp = [s for s in mnist if s.attrs["resolution"] == 64]
+    assert np.mean([detail(s) for s in low]) < 0.7 * np.mean([detail(s) for s in sharp])
+    other = [s for s in (world.sample(i) for i in range(300, 400)) if s.attrs["style"] != "mnist"]
+    assert all(s.attrs["resolution"] == 64 for s in other)
+
+
 def test_digits_come_from_several_typefaces_and_pen_strokes(samples):
     fonts = {s.attrs["font"] for s in samples if s.attrs["kind"] == "digit"}
     assert synth.HAND in fonts and len(fonts) >= 5, fonts

@@ -14,7 +14,9 @@ Scenes (the `kind` attribute):
   "a red circle left of a blue square", or the same scene said the other way round.
 - `digit`: 0-9 from several typefaces and from procedural pen strokes, warped by a random
   affine map and an elastic field (Simard et al. 2003), thickened, blurred; half of them
-  white on black and centred like MNIST, the rest dark on light or coloured.
+  white on black and centred like MNIST (half of those drawn at MNIST's 28 pixels and
+  upsampled bicubically, as a classifier sees an MNIST digit), the rest dark on light or
+  coloured.
 
 The captions are the only supervision CLIP gets (Radford et al. 2021), so they are
 written to make zero-shot evaluation in-distribution: the exact evaluation prompts
@@ -181,6 +183,7 @@ COUNT_TEMPLATES: tuple[str, ...] = (
 )
 
 SPLITS = {"train": 0, "val": 1, "heldout": 2}
+MNIST_SIDE = 28  # MNIST's image side in pixels
 DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15, "digit": 0.45}
 
 
@@ -847,7 +850,7 @@ class SynthWorld:
         alpha = _warp(glyph.mask, anchor, n, centre, glyph.height / height, elastic=elastic, **shape)
         # Keep the whole digit in the frame (MNIST leaves a margin): measure this rendering;
         # if it spills over, draw it again scaled down and moved in.
-        margin = (0.08 if style == "mnist" else 0.03) * n
+        margin = (0.1 if style == "mnist" else 0.03) * n  # MNIST: 4 of 28 pixels
         cols, rows = np.flatnonzero(alpha.max(0) > 0.1), np.flatnonzero(alpha.max(1) > 0.1)
         if len(cols):
             lo = np.array([cols[0], rows[0]], float)
@@ -883,10 +886,17 @@ class SynthWorld:
             bg_tone, bg = self._background(rng, [fg_name])
         size = (n, n)
         image = Image.composite(Image.new("RGB", size, fg), Image.new("RGB", size, bg), alpha_im)
+        resolution = n
+        if style == "mnist" and n > MNIST_SIDE and rng.random() < 0.5:
+            # MNIST digits are 28x28 images: a classifier sees them upsampled, with the
+            # softness and pixel grid of that upsampling. Render half of these at 28
+            # pixels and upsample them the way preprocessing does (bicubic).
+            image = image.resize((MNIST_SIDE, MNIST_SIDE), Image.BOX).resize(size, Image.BICUBIC)
+            resolution = MNIST_SIDE
         if style != "mnist" and rng.random() < 0.5:
             image = _add_noise(rng, image, rng.uniform(1, 6))
         attrs = {"kind": "digit", "digit": digit, "font": font, "style": style, "colour": fg_name,
-                 "background": _BG_NAMES[bg_tone], "variant": variant}
+                 "background": _BG_NAMES[bg_tone], "variant": variant, "resolution": resolution}
         return Sample(image, _digit_caption(rng, digit, font == HAND, fg_name, _BG_NAMES[bg_tone], style), attrs)
 
 
