@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import torch
 from torch.overrides import TorchFunctionMode
 
+from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
 from clipkit.models.config import CLIPConfig, TextConfig, VisionConfig, available_models, get_config
 
 __all__ = [
@@ -129,22 +130,6 @@ def _cached_candidates(name: str, root: Path) -> list[Path]:
 # OpenAI TorchScript archives, read without TorchScript or arbitrary unpickling
 # ---------------------------------------------------------------------------
 
-# Storage classes named in data.pkl -> the dtype of their elements.
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
-class _StorageType:
-    """Stands in for `torch.FloatStorage` & co: only its dtype is used."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
 class _ScriptObject:
     """Stands in for a TorchScript class (`__torch__.*`): records the state it is given.
 
@@ -156,27 +141,6 @@ class _ScriptObject:
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
-
-
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_unused) -> torch.Tensor:
-    # storage is a flat tensor of the storage's dtype; the tensor is a strided view of it.
-    if len(size) != len(stride):
-        raise CheckpointError(f"corrupt tensor record: size {size} and stride {stride}")
-    if not all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride)):
-        raise CheckpointError(f"corrupt tensor record: offset {offset}, size {size}, stride {stride}")
-    if all(s > 0 for s in size):
-        end = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
-        if end > storage.numel():
-            raise CheckpointError(f"tensor of size {tuple(size)} runs past its storage ({storage.numel()} elements)")
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset)
-
-
-def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_unused):
-    return _rebuild_tensor(storage.view(dtype) if storage.dtype != dtype else storage, offset, size, stride)
-
-
-def _rebuild_parameter(data, *_unused):
-    return data
 
 
 def _identity(value, *_unused):
@@ -191,10 +155,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """
 
     _ALLOWED = {
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        **tensor_rebuilders(CheckpointError),
         ("collections", "OrderedDict"): dict,
         ("builtins", "set"): set,
         # TorchScript tags typed lists/dicts; the values themselves are plain.
@@ -211,8 +172,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._classes: dict[str, type] = {}
 
     def find_class(self, module: str, name: str):
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+        storage = storage_type(module, name)
+        if storage is not None:
+            return storage
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
         if module == "__torch__" or module.startswith("__torch__."):
@@ -228,7 +190,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and isinstance(pid[1], StorageType) and isinstance(pid[2], str)
                 and isinstance(pid[4], int)):
             raise CheckpointError(f"unexpected persistent id in data.pkl: {pid!r}")
         _, storage_type, key, _location, numel = pid

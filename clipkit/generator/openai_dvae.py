@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
 from clipkit.generator.dvae import DVAE, DVAEConfig
 
 __all__ = ["PickleRefused", "read_pickled_state_dict", "convert_openai_dvae", "load_openai_dvae"]
@@ -75,29 +76,6 @@ def _record_class(module: str, name: str) -> type:
     return _record_classes[key]
 
 
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
-}
-
-
-class _StorageType:
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
-    # A view of the storage tensor: a legacy file fills its storages after unpickling.
-    return storage.as_strided(tuple(size), tuple(stride), storage_offset)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    return data
-
-
 def _encode(text: str, encoding: str = "latin1") -> bytes:  # how protocol 2 pickles bytes
     if encoding != "latin1":
         raise PickleRefused(f"_codecs.encode with encoding {encoding!r}")
@@ -106,9 +84,7 @@ def _encode(text: str, encoding: str = "latin1") -> bytes:  # how protocol 2 pic
 
 # The only functions a pickle may call; all are pure and build plain data.
 _SAFE_CALLS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    **tensor_rebuilders(ValueError),  # a record that overruns its storage is a corrupt file
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set, ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
@@ -126,8 +102,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _SAFE_CALLS:
             return _SAFE_CALLS[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+        storage = storage_type(module, name)
+        if storage is not None:
+            return storage
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)  # a dtype constant, not a call
         return _record_class(module, name)
@@ -144,11 +121,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return cls
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise PickleRefused(f"unexpected persistent id {pid!r:.80}")
-        storage_type, key, _location, numel = pid[1:5]
+        stype, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) > 5 else None
-        if not isinstance(storage_type, _StorageType):
-            raise PickleRefused(f"unexpected storage type {storage_type!r}")
-        storage = self._load_storage(str(key), storage_type.dtype, int(numel))
+        if not isinstance(stype, StorageType):
+            raise PickleRefused(f"unexpected storage type {stype!r}")
+        storage = self._load_storage(str(key), stype.dtype, int(numel))
         if view is not None:  # legacy storage views: (view_key, offset, size)
             _, offset, size = view
             storage = storage[offset:offset + size]
