@@ -458,6 +458,30 @@ def _log_line(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _trim_log(path: Path, step: int) -> int:
+    """Before a resume from `step`: moves the log's records of later steps (written by a
+    run that stopped after its last checkpoint, so their training is being redone) to
+    `log.discarded.jsonl` beside it. Returns how many were moved."""
+    if not path.is_file():
+        return 0
+    keep, drop = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            later = int(json.loads(line).get("step", 0)) > step
+        except (ValueError, AttributeError):
+            later = False  # not ours: keep it as it is
+        (drop if later else keep).append(line)
+    if drop:
+        with open(path.with_name("log.discarded.jsonl"), "a") as f:
+            f.write("\n".join(drop) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+    return len(drop)
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if _distributed():
@@ -556,6 +580,8 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         }, ckpt_path)
 
     log_path = out / "log.jsonl"
+    if step > 0 and info.rank == 0:
+        _trim_log(log_path, step)
     record: dict = {}
     window = {"loss": 0.0, "i2t": 0.0, "t2i": 0.0, "n": 0.0, "steps": 0, "t0": time.perf_counter()}
     bar = None

@@ -240,6 +240,22 @@ def _read_log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_resume_moves_log_records_after_the_checkpoint_aside(tmp_path):
+    """A run killed after its last checkpoint logged steps that the resume redoes: the log
+    must not hold them twice."""
+    train(_cfg(tmp_path, "straight"))
+    train(_cfg(tmp_path, "split", stop_at=2))
+    log = tmp_path / "split" / "log.jsonl"
+    killed = [{"step": 3, "loss": 9.0}, {"step": 3, "eval": {"x": 0.0}}]
+    with open(log, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in killed)
+    train(_cfg(tmp_path, "split"), resume=True)
+    assert [r["step"] for r in _read_log(log)] == [1, 2, 3, 4]
+    assert _read_log(tmp_path / "split" / "log.discarded.jsonl") == killed
+    straight = _read_log(tmp_path / "straight" / "log.jsonl")
+    assert [r["loss"] for r in _read_log(log)] == [r["loss"] for r in straight]
+
+
 def test_resume_is_exact(tmp_path):
     """4 steps straight == 2 steps, stop, resume (with a worker process rendering), 2 steps."""
     train(_cfg(tmp_path, "straight"))

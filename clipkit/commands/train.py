@@ -17,7 +17,9 @@ examples:
 
 The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss, in-batch
 image->text and text->image accuracy, lr, logit scale, samples/s; and zero-shot
-accuracy on the synthetic validation world every --eval-every steps.
+accuracy on the synthetic validation world every --eval-every steps. On --resume, lines
+a stopped run wrote after its last checkpoint are moved to OUT/log.discarded.jsonl, since
+those steps are trained again.
 """
 
 # Flag -> TrainConfig field. Every flag defaults to None so that `--resume` can tell
