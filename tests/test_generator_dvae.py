@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clipkit.generator.configs import GENERATOR_CONFIGS, get_generator_config
 from clipkit.generator.dvae import DVAE, DVAEConfig, gumbel_softmax, map_pixels, recon_loss, unmap_pixels
 from clipkit.generator.openai_dvae import (PickleRefused, convert_openai_dvae, load_openai_dvae,
                                            read_pickled_state_dict)
@@ -261,3 +262,26 @@ def test_fixture_is_small_and_records_its_config():
     with safe_open(str(FIXTURES / "dvae_parity.safetensors"), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
     assert config["n_hid"] == 8 and config["vocab_size"] == 64
+
+
+@pytest.mark.parametrize("name", sorted(GENERATOR_CONFIGS))
+def test_every_generator_config_pairs_a_dvae_grid_with_its_transformer(name):
+    dvae_cfg, tr_cfg = get_generator_config(name)
+    assert dvae_cfg.grid_size == tr_cfg.grid_size
+    assert dvae_cfg.vocab_size == tr_cfg.image_vocab
+    dvae = DVAE(dvae_cfg)
+    x = torch.rand(2, 3, dvae_cfg.image_size, dvae_cfg.image_size)
+    ids = dvae.encode(x)
+    assert ids.shape == (2, tr_cfg.grid_size, tr_cfg.grid_size)
+    assert dvae.decode(ids).shape == x.shape
+
+
+def test_parse_mix():
+    import argparse
+
+    from clipkit.generator.train import parse_mix
+
+    assert parse_mix("shape=0.4, digit=0.3") == {"shape": 0.4, "digit": 0.3}
+    for bad in ("shape", "shape=x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_mix(bad)

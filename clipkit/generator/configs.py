@@ -22,6 +22,16 @@ GENERATOR_CONFIGS: dict[str, tuple[DVAEConfig, TransformerConfig]] = {
         TransformerConfig(text_len=32, text_vocab=512, image_vocab=512, grid_size=8,
                           width=128, layers=4, heads=4),
     ),
+    # synth-mini's transformer over a dVAE for 32×32 images (4× downsampling to the same
+    # 8×8 grid): an 8×8-pixel code rounds small shapes into blobs, a 4×4-pixel one keeps
+    # their corners. At 32 pixels the synthetic shapes stay readable: the attribute judge
+    # reads shape on 99.1% of renders box-downsampled from 64 to 32 (99.5% at 64, 85.4% at
+    # 16). Same transformer cost per step; hidden 32 at 32² costs what 16 costs at 64².
+    "synth-32": (
+        DVAEConfig(image_size=32, hidden=32, mults=(1, 2, 4), recon_loss="mse"),
+        TransformerConfig(text_len=32, text_vocab=512, image_vocab=512, grid_size=8,
+                          width=128, layers=4, heads=4),
+    ),
     # Every code path in a few thousand parameters (tests).
     "tiny": (
         DVAEConfig(image_size=16, hidden=8, mults=(1, 2), vocab_size=16, n_init=8, stem_kernel=3),

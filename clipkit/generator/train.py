@@ -381,13 +381,28 @@ def evaluate_transformer(model: DALLETransformer, corpus: dict[str, torch.Tensor
 # ---------------------------------------------------------------------------
 
 
-def _synth(image_size: int, split: str = "train"):
+def _synth(image_size: int, split: str = "train", mix: dict[str, float] | None = None):
     from clipkit.data.synth import SynthDataset, SynthWorld
 
-    return SynthDataset(SynthWorld(seed=0, image_size=image_size, split=split))
+    return SynthDataset(SynthWorld(seed=0, image_size=image_size, split=split, mix=mix))
 
 
-def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log) -> dict[str, torch.Tensor]:
+def parse_mix(text: str) -> dict[str, float]:
+    """"shape=0.4,digit=0.3" -> {"shape": 0.4, "digit": 0.3} (unnamed kinds get weight 0)."""
+    mix = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            mix[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected kind=weight[,kind=weight...], got {text!r}") from None
+    return mix
+
+
+def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log,
+            mix: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """The encoded training corpus, cached in out/corpus.safetensors (rebuilt if it does not match)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -397,13 +412,16 @@ def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log) -> dict[str, 
 
     path = out / "corpus.safetensors"
     key = {"dvae": weights_fingerprint(dvae), "count": str(count), "text_len": str(text_len)}
+    if mix is not None:
+        key["mix"] = json.dumps(mix, sort_keys=True)
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}) == key:
                 log(f"using the encoded corpus {path}")
                 return {k: f.get_tensor(k) for k in f.keys()}
     log(f"encoding {count} synthetic images with the dVAE (once; cached in {path})")
-    corpus = encode_corpus(dvae, _synth(dvae.config.image_size), count, get_tokenizer(), text_len, log=log)
+    corpus = encode_corpus(dvae, _synth(dvae.config.image_size, mix=mix), count, get_tokenizer(), text_len,
+                           log=log)
     save_file({k: v.contiguous() for k, v in corpus.items()}, path, metadata=key)
     return corpus
 
@@ -440,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="dVAE stage: final KL weight β [6.6, the paper's, for the logit-Laplace loss in nats; "
                         "a squared-error loss is ~100× smaller and needs β ~0.1]")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--mix", type=parse_mix, metavar="KIND=W,...",
+                   help="scene-kind weights of the synthetic world, e.g. shape=0.4,count=0.15,relation=0.15,"
+                        "digit=0.3 [the world's default mix]")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -462,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         tc = DVAETrainConfig(seed=args.seed, **overrides)
         val = _synth(dvae_cfg.image_size, "val")
         eval_images = image_batch(val, range(64), dvae_cfg.image_size)
-        train_dvae(DVAE(dvae_cfg), _synth(dvae_cfg.image_size), args.steps, train=tc, out_dir=out,
+        train_dvae(DVAE(dvae_cfg), _synth(dvae_cfg.image_size, mix=args.mix), args.steps, train=tc, out_dir=out,
                    resume=args.resume, stop_at=args.stop_at, checkpoint_every=args.checkpoint_every,
                    log_every=args.log_every, eval_images=eval_images, log=log)
         return 0
@@ -471,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     from clipkit.generator.transformer import build_text_vocab
 
     dvae = load_dvae(args.dvae or out / "dvae.safetensors")
-    corpus = _corpus(out, dvae, args.corpus, tr_cfg.text_len, log)
+    corpus = _corpus(out, dvae, args.corpus, tr_cfg.text_len, log, mix=args.mix)
     n_eval = min(1000, len(corpus["text"]) // 10)
     train_set = {k: v[n_eval:] for k, v in corpus.items()}
     eval_set = {k: v[:n_eval] for k, v in corpus.items()}
