@@ -262,20 +262,21 @@ def render_labelled(n: int, *, stream: int, seed: int = JUDGE_SEED, pairs: Seque
 
 
 def _random_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, max_sigma: float = 1.0) -> torch.Tensor:
-    """Blur a random share p of the batch with a Gaussian of random sigma (separable 5-tap):
-    dVAE decodes are softer than renders."""
+    """Blur a random share p of the batch with a Gaussian of random sigma in (0, max_sigma]
+    (separable, radius max(2, ceil(2 max_sigma)) taps): dVAE decodes are softer than renders."""
     b = x.shape[0]
     sigma = torch.rand(b, generator=gen) * max_sigma + 1e-3
     sigma = torch.where(torch.rand(b, generator=gen) < p, sigma, torch.full_like(sigma, 1e-3))
-    t = torch.arange(-2, 3, dtype=x.dtype)
+    r = max(2, math.ceil(2 * max_sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
     k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
-    k = k / k.sum(1, keepdim=True)  # (B, 5)
+    k = k / k.sum(1, keepdim=True)  # (B, 2r + 1)
     c = x.shape[1]
     h, w = x.shape[-2:]
     y = x.reshape(1, b * c, h, w)
-    kb = k.repeat_interleave(c, 0)  # (B·C, 5): one kernel per image, shared by its channels
-    y = F.conv2d(F.pad(y, (2, 2, 0, 0), mode="replicate"), kb[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, 2, 2), mode="replicate"), kb[:, None, :, None], groups=b * c)
+    kb = k.repeat_interleave(c, 0)  # (B·C, 2r + 1): one kernel per image, shared by its channels
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), kb[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), kb[:, None, :, None], groups=b * c)
     return y.reshape(b, c, h, w)
 
 
@@ -288,7 +289,8 @@ class TrainResult:
 
 def train_judge(config: JudgeConfig | None = None, *, n_train: int = 20_000, n_val: int = 4_050,
                 epochs: int = 8, batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4,
-                seed: int = 0, blur: float = 0.5, log_every: int = 0, data=None) -> TrainResult:
+                seed: int = 0, blur: float = 0.5, blur_sigma: float = 1.0, log_every: int = 0,
+                data=None) -> TrainResult:
     """Train a judge on `n_train` fresh renders of every pair; report accuracy on `n_val` others.
 
     data: optionally ((images, colour, shape) train, (images, colour, shape) val) already
@@ -318,7 +320,7 @@ def train_judge(config: JudgeConfig | None = None, *, n_train: int = 20_000, n_v
             idx = order[s:s + batch_size]
             x = x_train[idx]
             if blur > 0:
-                x = _random_blur(x, gen, p=blur)
+                x = _random_blur(x, gen, p=blur, max_sigma=blur_sigma)
             c_logits, s_logits = net(x)
             loss = F.cross_entropy(c_logits, train[1][idx]) + F.cross_entropy(s_logits, train[2][idx])
             opt.zero_grad(set_to_none=True)
@@ -332,6 +334,7 @@ def train_judge(config: JudgeConfig | None = None, *, n_train: int = 20_000, n_v
                 print(json.dumps(log[-1]), flush=True)
     judge = Judge(net)
     metrics: dict[str, Any] = {"n_train": n, "epochs": epochs, "steps": total, "seed": seed,
+                               "blur": {"p": blur, "max_sigma": blur_sigma},
                                "data": f"SynthWorld(seed={JUDGE_SEED}) shape scenes, all {len(all_pairs())} "
                                        f"pairs, streams {TRAIN_STREAM} (train) / {VAL_STREAM} (val)"}
     if val is not None:
@@ -371,6 +374,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--image-size", type=int, default=JudgeConfig.image_size)
     p.add_argument("--channels", default=",".join(map(str, JudgeConfig.channels)), help="per conv stage")
+    p.add_argument("--blur", type=float, default=0.5, help="share of training images blurred [0.5]")
+    p.add_argument("--blur-sigma", type=float, default=1.0,
+                   help="largest Gaussian blur sigma, in pixels of the judge's input [1.0]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
@@ -378,7 +384,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     result = train_judge(JudgeConfig(image_size=args.image_size, channels=tuple(int(c) for c in args.channels.split(","))), n_train=args.n_train, n_val=args.n_val,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         log_every=args.log_every)
+                         blur=args.blur, blur_sigma=args.blur_sigma, log_every=args.log_every)
     result.judge.metrics_["train_seconds"] = round(result.seconds, 1)
     result.judge.metrics_["threads"] = args.threads
     path = result.judge.save(args.out)

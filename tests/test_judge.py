@@ -164,3 +164,23 @@ def test_shipped_judge_names_fresh_renders():
     assert judge.metrics_["val"]["joint"] >= 0.97  # what it was shipped with
     images, colour, shape = render_labelled(162, stream=7, seed=12345)  # every pair twice, unseen renders
     assert judge.evaluate(images, colour, shape)["joint"] >= 0.95
+
+
+def test_random_blur_is_a_normalised_gaussian_whose_width_follows_max_sigma():
+    from clipkit.judge import _random_blur
+
+    x = torch.zeros(64, 3, 31, 31)
+    x[:, :, 15, 15] = 1.0
+    flat = torch.full((4, 3, 16, 16), 0.25)
+    for sigma in (1.0, 3.0):
+        y = _random_blur(x, torch.Generator().manual_seed(0), p=1.0, max_sigma=sigma)
+        assert torch.allclose(y.sum((-1, -2)), torch.ones(64, 3), atol=1e-5)  # mass kept
+        assert torch.allclose(y, y.flip(-1), atol=1e-6) and torch.allclose(y, y.transpose(-1, -2), atol=1e-6)
+        # the spread (std of the blurred impulse) reaches, and stays under, max_sigma
+        w = y[:, 0].sum(1)
+        pos = torch.arange(31.0) - 15
+        std = (w * pos ** 2).sum(1).sqrt()
+        assert std.max() <= sigma + 1e-3 and std.max() > 0.8 * sigma
+        assert torch.allclose(_random_blur(flat, torch.Generator(), p=1.0, max_sigma=sigma), flat)
+    y = _random_blur(x, torch.Generator().manual_seed(0), p=0.0, max_sigma=3.0)
+    assert torch.allclose(y, x, atol=1e-6)  # p = 0: untouched
