@@ -344,4 +344,7 @@ def test_generate_command_writes_a_grid(tmp_path, capsys):
     assert grid.size == (2 * (side + 2) + 2, 2 * (side + 2) + 2)  # 2×2 tiles with 2-pixel gaps
     assert len(list((tmp_path / "each").glob("*.png"))) == 4
     assert "a green pentagon" in capsys.readouterr().out
+    # without --scale, cells come out about 128 pixels wide whatever the image size
+    assert main(["generate", "a red star", "-n", "1", "--out", str(out), "--checkpoint", str(path)]) == 0
+    assert Image.open(out).size == (128 // side * side + 4,) * 2
     assert main(["generate", "x", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank-model", help="CLIP model name or checkpoint for --top [the shipped default]")
     p.add_argument("--checkpoint", help="generator weights (.safetensors) [the shipped model]")
     p.add_argument("--batch-size", type=int, default=64, help="sampling rows per batch [64]")
-    p.add_argument("--scale", type=int, default=2, help="upscale each image in the grid by this factor [2]")
+    p.add_argument("--scale", type=int, help="upscale each image in the grid by this factor "
+                                             "[cells of about 128 pixels: 2 for 64-pixel images, 4 for 32]")
     p.add_argument("--cols", type=int, help="grid columns [√n]")
 
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                           filter_top_k=args.filter_top_k, top_p=args.top_p, guidance=args.guidance,
                           rerank=reranker, top_k=args.top, batch_size=args.batch_size)
     labels = None if images.scores is None else [f"{s:.3f}" for s in images.scores]
-    grid = make_grid(list(images), cols=args.cols, scale=args.scale, labels=labels)
+    scale = args.scale or max(1, 128 // max(images[0].size))
+    grid = make_grid(list(images), cols=args.cols, scale=scale, labels=labels)
     grid.save(args.out)
     if args.save_dir:
         from pathlib import Path
