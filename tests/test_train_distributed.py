@@ -97,7 +97,11 @@ def one_rank():
 def test_global_loss_is_the_mean_of_rank_losses(two_ranks, one_rank):
     for step in range(STEPS):
         rank_losses = torch.stack([two_ranks[r][step]["loss"] for r in range(WORLD)])
-        torch.testing.assert_close(rank_losses.mean(), one_rank[step]["loss"], atol=1e-10, rtol=1e-10)
+        # Step 0: same weights, only the summation order differs. Later steps: AdamW divides
+        # by sqrt(v), which turns last-bit gradient differences on near-zero gradients into
+        # ~1e-9 weight differences (seen in CI); the issue asks for 1e-6.
+        tol = 1e-10 if step == 0 else 1e-8
+        torch.testing.assert_close(rank_losses.mean(), one_rank[step]["loss"], atol=tol, rtol=tol)
         # in-batch accuracy counts add up to the single-process counts
         summed = [sum(two_ranks[r][step]["correct"][k] for r in range(WORLD)) for k in range(2)]
         assert summed == list(one_rank[step]["correct"])
