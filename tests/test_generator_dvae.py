@@ -282,6 +282,6 @@ def test_parse_mix():
     from clipkit.generator.train import parse_mix
 
     assert parse_mix("shape=0.4, digit=0.3") == {"shape": 0.4, "digit": 0.3}
-    for bad in ("shape", "shape=x", ""):
+    for bad in ("shape", "shape=x", "", "shap=0.4"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_mix(bad)

@@ -187,6 +187,14 @@ MNIST_SIDE = 28  # MNIST's image side in pixels
 DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15, "digit": 0.45}
 
 
+def check_mix(mix: dict[str, float]) -> dict[str, float]:
+    """A copy of `mix` (scene kind -> relative weight); ValueError names any unknown kind."""
+    unknown = set(mix) - set(DEFAULT_MIX)
+    if unknown:
+        raise ValueError(f"unknown scene kinds {sorted(unknown)} in mix; expected {sorted(DEFAULT_MIX)}")
+    return dict(mix)
+
+
 def classnames_colour_shape(pairs: Sequence[tuple[str, str]] | None = None) -> list[str]:
     """'red circle', 'red square', ... over every colour x shape (or the given pairs)."""
     pairs = all_pairs() if pairs is None else pairs
@@ -617,10 +625,7 @@ class SynthWorld:
         if image_size < 16:
             raise ValueError(f"image_size {image_size} is too small to draw on; use 16 or more")
         self.seed, self.image_size, self.split = int(seed), int(image_size), split
-        mix = dict(DEFAULT_MIX if mix is None else mix)
-        unknown = set(mix) - set(DEFAULT_MIX)
-        if unknown:
-            raise ValueError(f"unknown scene kinds {sorted(unknown)} in mix; expected {sorted(DEFAULT_MIX)}")
+        mix = check_mix(DEFAULT_MIX if mix is None else mix)
         if split == "heldout":
             mix.pop("digit", None)  # held-out pairs are about shapes
         self.kinds = tuple(k for k in DEFAULT_MIX if mix.get(k, 0) > 0)

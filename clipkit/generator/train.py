@@ -389,6 +389,8 @@ def _synth(image_size: int, split: str = "train", mix: dict[str, float] | None =
 
 def parse_mix(text: str) -> dict[str, float]:
     """"shape=0.4,digit=0.3" -> {"shape": 0.4, "digit": 0.3} (unnamed kinds get weight 0)."""
+    from clipkit.data.synth import check_mix
+
     mix = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
@@ -398,7 +400,10 @@ def parse_mix(text: str) -> dict[str, float]:
             mix[name.strip()] = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected kind=weight[,kind=weight...], got {text!r}") from None
-    return mix
+    try:
+        return check_mix(mix)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log,
