@@ -193,8 +193,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str)
                 and isinstance(pid[4], int)):
             raise CheckpointError(f"unexpected persistent id in data.pkl: {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        return self._load_storage(key, storage_type.dtype, numel)
+        _, stype, key, _location, numel = pid
+        return self._load_storage(key, stype.dtype, numel)
 
 
 def _zip_entry_offset(mm: mmap.mmap, info: zipfile.ZipInfo) -> int:
