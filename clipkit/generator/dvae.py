@@ -27,6 +27,7 @@ import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -152,24 +153,32 @@ class _Upsample(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def _tower(cfg: DVAEConfig, stem: nn.Module, n_in: int, widths: list[int], kernels: tuple[int, int, int, int],
+           resample: tuple[str, Callable[[], nn.Module]], n_out: int) -> nn.Sequential:
+    """The release's layout, shared by encoder and decoder: `input` (the stem), one
+    `group_g` per width (residual blocks, then `resample` between groups), `output`
+    (ReLU + 1×1 conv to n_out). Modules are built in this order, so is their random init."""
+    blocks = OrderedDict(input=stem)
+    for g, width in enumerate(widths):
+        group = OrderedDict()
+        for b in range(cfg.blocks_per_group):
+            group[f"block_{b + 1}"] = _ResBlock(n_in, width, cfg.n_layers, kernels)
+            n_in = width
+        if g < len(widths) - 1:
+            group[resample[0]] = resample[1]()
+        blocks[f"group_{g + 1}"] = nn.Sequential(group)
+    blocks["output"] = nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=_conv(n_in, n_out, 1)))
+    return nn.Sequential(blocks)
+
+
 class Encoder(nn.Module):
     """Image (B, C, H, W), pixels already mapped into [ε, 1 − ε] -> logits (B, K, h, w)."""
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         widths = [cfg.hidden * m for m in cfg.mults]
-        blocks = OrderedDict(input=_conv(cfg.channels, widths[0], cfg.stem_kernel))
-        n_in = widths[0]
-        for g, width in enumerate(widths):
-            group = OrderedDict()
-            for b in range(cfg.blocks_per_group):
-                group[f"block_{b + 1}"] = _ResBlock(n_in, width, cfg.n_layers, (3, 3, 3, 1))
-                n_in = width
-            if g < len(widths) - 1:
-                group["pool"] = nn.MaxPool2d(kernel_size=2)
-            blocks[f"group_{g + 1}"] = nn.Sequential(group)
-        blocks["output"] = nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=_conv(n_in, cfg.vocab_size, 1)))
-        self.blocks = nn.Sequential(blocks)
+        self.blocks = _tower(cfg, _conv(cfg.channels, widths[0], cfg.stem_kernel), widths[0], widths,
+                             (3, 3, 3, 1), ("pool", lambda: nn.MaxPool2d(kernel_size=2)), cfg.vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -181,18 +190,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         widths = [cfg.hidden * m for m in reversed(cfg.mults)]
-        blocks = OrderedDict(input=_conv(cfg.vocab_size, cfg.n_init, 1))
-        n_in = cfg.n_init
-        for g, width in enumerate(widths):
-            group = OrderedDict()
-            for b in range(cfg.blocks_per_group):
-                group[f"block_{b + 1}"] = _ResBlock(n_in, width, cfg.n_layers, (1, 3, 3, 3))
-                n_in = width
-            if g < len(widths) - 1:
-                group["upsample"] = _Upsample()
-            blocks[f"group_{g + 1}"] = nn.Sequential(group)
-        blocks["output"] = nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=_conv(n_in, 2 * cfg.channels, 1)))
-        self.blocks = nn.Sequential(blocks)
+        self.blocks = _tower(cfg, _conv(cfg.vocab_size, cfg.n_init, 1), cfg.n_init, widths,
+                             (1, 3, 3, 3), ("upsample", _Upsample), 2 * cfg.channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.blocks(z)
