@@ -1,0 +1,91 @@
+"""`clipkit search`: the indexed images closest to a text or an image query."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+examples:
+  clipkit search photos.idx "a red circle" -k 10
+  clipkit search photos.idx --image query.png --json
+  clipkit search photos.idx "a green pentagon" --sheet hits.png
+  clipkit search big.idx "a dog on a beach" --ann        # faiss: pip install "clipkit[search]"
+
+Search is exact (cosine similarity, a chunked matrix product) up to 2 million images and
+approximate (a faiss index, built once and kept beside the index) above that or with --ann.
+The query is encoded with the model the index was built with.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search an index with a text or an image",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("index", metavar="INDEX", help="index folder made by `clipkit index`")
+    p.add_argument("text", nargs="?", help="text query")
+    p.add_argument("--image", metavar="FILE", help="image query (instead of a text)")
+    p.add_argument("-k", type=int, default=10, help="hits to show [10]")
+    p.add_argument("--ann", action="store_true", help="approximate search with faiss, whatever the size")
+    p.add_argument("--json", action="store_true", help='print [{"path": ..., "score": ...}, ...]')
+    p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the hits")
+    p.add_argument("--model", help="model for the query [the index's own]; must have the index's weights")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipkit.index import Index
+    from clipkit.transforms import ImageLoadError
+
+    if (args.text is None) == (args.image is None):
+        print("clipkit search: give a text query or --image FILE (one of them)", file=sys.stderr)
+        return 2
+    if args.k < 1:
+        print("clipkit search: -k must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        index = Index(args.index)
+        hits = index.search(args.text, args.k, image=args.image, ann=True if args.ann else None, model=args.model)
+    except ImportError as e:
+        print(f"clipkit search: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, ImageLoadError) as e:
+        print(f"clipkit search: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=1, ensure_ascii=False))
+    else:
+        width = max((len(h.path) for h in hits), default=4)
+        print(f"{'rank':>4}  {'score':>7}  path")
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:>4}  {h.score:7.4f}  {h.path:<{width}}")
+    if args.sheet:
+        contact_sheet(index, hits).save(args.sheet)
+        if not args.json:
+            print(f"contact sheet -> {args.sheet}")
+    return 0
+
+
+def contact_sheet(index, hits, cell: int = 128, cols: int | None = None):
+    """The hits' images in a grid, each fitted into a square cell, with its rank and score."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    from clipkit.transforms import load_image
+
+    cols = cols or max(1, min(5, len(hits)))
+    rows = max(1, math.ceil(len(hits) / cols))
+    pad, label = 4, 14
+    sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + label + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, h in enumerate(hits):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (cell + pad), pad + r * (cell + label + pad)
+        try:
+            img = load_image(index.file(h.path))
+            img.thumbnail((cell, cell))
+            sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
+        except (KeyError, ValueError, OSError):
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 0, 0))
+        draw.text((x + 1, y + cell + 1), f"{i + 1}. {h.score:.3f}", fill=(0, 0, 0))
+    return sheet
