@@ -185,6 +185,9 @@ COUNT_TEMPLATES: tuple[str, ...] = (
 SPLITS = {"train": 0, "val": 1, "heldout": 2}
 MNIST_SIDE = 28  # MNIST's image side in pixels
 DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15, "digit": 0.45}
+# How digits are drawn: "classic" is the shipped model's world (renders are byte-identical
+# to it); "robust" draws most digits with real digits' variation (`digit_styles`).
+DIGIT_STYLES: tuple[str, ...] = ("classic", "robust")
 
 
 def check_mix(mix: dict[str, float]) -> dict[str, float]:
@@ -615,13 +618,19 @@ class SynthWorld:
         list, or no usable file found, falls back to Pillow's built-in font.
     hand_share: fraction of digits drawn with procedural pen strokes instead of a font.
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
+    digit_style: "classic" (the shipped model's world) or "robust": `digit_styles.ROBUST_SHARE`
+        of the digits drawn at any scale, place, polarity, stroke width, resolution, ...
+        (see `clipkit.data.digit_styles`), the rest as "classic" draws them.
     """
 
     def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train",
                  mix: dict[str, float] | None = None, fonts: Sequence[str] | str | None = None,
-                 hand_share: float = 0.45, mnist_share: float = 0.5):
+                 hand_share: float = 0.45, mnist_share: float = 0.5, digit_style: str = "classic"):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+        if digit_style not in DIGIT_STYLES:
+            raise ValueError(f"unknown digit_style {digit_style!r}; expected one of {DIGIT_STYLES}")
+        self.digit_style = digit_style
         if image_size < 16:
             raise ValueError(f"image_size {image_size} is too small to draw on; use 16 or more")
         self.seed, self.image_size, self.split = int(seed), int(image_size), split
@@ -680,7 +689,8 @@ class SynthWorld:
 
     def render(self, kind: str, rng: np.random.Generator, **fixed) -> Sample:
         """A scene of `kind` drawn with `rng`; `fixed` pins attributes (pair=(colour, shape),
-        count=, relation=, digit=, style=) for evaluation sets."""
+        count=, relation=, digit=, style= ("mnist", "inverted", "colour", "robust")) for
+        evaluation sets."""
         if kind == "shape":
             return self._shape_scene(rng, **fixed)
         if kind == "count":
@@ -819,6 +829,12 @@ class SynthWorld:
         return Sample(image, _relation_caption(rng, pairs[0], relation, pairs[1]), attrs)
 
     def _digit_scene(self, rng, digit=None, style=None) -> Sample:
+        # A classic world draws nothing here, so its renders stay those of the shipped model.
+        if style == "robust" or (style is None and self.digit_style == "robust"
+                                 and rng.random() < _robust_share()):
+            from clipkit.data.digit_styles import robust_digit_scene
+
+            return robust_digit_scene(self, rng, digit)
         n = self.image_size
         digit = int(rng.integers(10)) if digit is None else int(digit)
         if style is None:
@@ -903,6 +919,12 @@ class SynthWorld:
         attrs = {"kind": "digit", "digit": digit, "font": font, "style": style, "colour": fg_name,
                  "background": _BG_NAMES[bg_tone], "variant": variant, "resolution": resolution}
         return Sample(image, _digit_caption(rng, digit, font == HAND, fg_name, _BG_NAMES[bg_tone], style), attrs)
+
+
+def _robust_share() -> float:
+    from clipkit.data.digit_styles import ROBUST_SHARE
+
+    return ROBUST_SHARE
 
 
 def _add_noise(rng, image: Image.Image, sigma: float) -> Image.Image:
@@ -1132,7 +1154,8 @@ def colour_shape_eval_set(n_per_pair: int | None = None, heldout_only: bool = Tr
 
 def digit_eval_set(n: int = 1000, seed: int = 0, image_size: int = 64, *, split: str = "val",
                    style: str | None = None, fonts: Sequence[str] | None = None) -> EvalSet:
-    """Rendered digits, classes 0-9 in turn; `style` pins "mnist", "inverted" or "colour"."""
+    """Rendered digits, classes 0-9 in turn; `style` pins "mnist", "inverted", "colour" or
+    "robust" (every digit with its own draw of `digit_styles`' variations)."""
     world = SynthWorld(seed=seed, image_size=image_size, split="val" if split == "heldout" else split,
                        fonts=fonts)
     images, labels, attrs = [], [], []
