@@ -77,6 +77,27 @@ class KVCache:
         self.length = 0
 
 
+class PrefixKV:
+    """Keys/values of earlier positions kept elsewhere, put in front of the new ones.
+
+    The other thing `Attention(cache=...)` accepts: where a `KVCache` grows one sequence,
+    a `PrefixKV` serves one layer of a batch of continuations, each row with its own
+    prefix (e.g. a shared prompt prefix encoded once). `k`/`v` are (B, nh, P, hs); rows
+    whose prefix is shorter than P are padded, and the caller's `attn_mask` must hide
+    the padding. After the call `new_k`/`new_v` hold the new positions' keys/values
+    (B, nh, T, hs), so they can serve as a later prefix.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+        self.new_k: torch.Tensor | None = None
+        self.new_v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.new_k, self.new_v = k, v
+        return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # (B, nh, P + T, hs)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: one fused qkv projection + `scaled_dot_product_attention`.
 
@@ -86,8 +107,9 @@ class Attention(nn.Module):
     fp32 on this CPU).
 
     `attn_mask` is a boolean mask (True = may attend) or an additive float mask,
-    broadcastable to (B, nh, T_q, T_k). With a `cache`, `is_causal` must not be used
-    (SDPA aligns its causal mask top-left); pass an explicit mask instead.
+    broadcastable to (B, nh, T_q, T_k). `cache` (a `KVCache` or a `PrefixKV`) supplies the
+    keys/values of earlier positions; with one, `is_causal` must not be used (SDPA aligns
+    its causal mask top-left); pass an explicit mask instead.
     """
 
     def __init__(self, dim: int, heads: int, bias: bool = True):
@@ -110,7 +132,7 @@ class Attention(nn.Module):
             nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+                is_causal: bool = False, cache: KVCache | PrefixKV | None = None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3C)
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
@@ -169,7 +191,7 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), act_layer)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+                is_causal: bool = False, cache: KVCache | PrefixKV | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
