@@ -27,6 +27,7 @@ _LAZY = {
     "ZeroShotClassifier": "clipkit.zeroshot",
     "build_head": "clipkit.zeroshot",
     "Reranker": "clipkit.rerank",
+    "Index": "clipkit.index",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
