@@ -99,6 +99,32 @@ def test_classify_an_uploaded_image(page, server, tmp_path):
     assert shot.stat().st_size > 1000
 
 
+def test_a_dropped_image_is_classified(page):
+    import base64
+    import io
+
+    from clipkit.data.synth import colour_shape_eval_set
+
+    es = colour_shape_eval_set(n=81, split="all", seed=6, image_size=64)
+    j = es.classnames.index("blue square")
+    j = es.labels.index(j)
+    buf = io.BytesIO()
+    es.images[j].save(buf, format="PNG")
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", base64.b64encode(buf.getvalue()).decode())
+    assert page.inner_text("#classify-chosen") == "dropped.png"
+    page.fill("#classify-labels", "red circle, blue square")
+    page.click("#classify-run")
+    page.wait_for_selector("#classify-results .result .bar")
+    assert page.inner_text("#classify-results .result h3") == "dropped.png"
+    assert page.get_attribute("#classify-results .result .bar", "data-label") == "blue square"
+
+
 def test_a_shipped_class_set_gives_five_bars(page, tmp_path):
     from clipkit.data.synth import colour_shape_eval_set
 
