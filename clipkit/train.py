@@ -25,6 +25,16 @@ gets exactly dL/dtheta, as in one process on the global batch. (Gathering withou
 gradients and computing the full matrix on every rank, a common shortcut, gives the
 towers only 1/W of the gradient while the temperature gets all of it.)
 
+Hard negatives (`--hard-negatives`, NegCLIP, Yuksekgonul et al. 2023): each relation and
+count sample brings its counterfactual (the same scene with the objects' places or colours
+exchanged, or one object more or fewer; `clipkit.data.negatives`) as one more pair of the
+batch, after the rank's own pairs. Its caption is then a hard negative column for the
+sample's image and its image one for the sample's caption. Ranks now hold different numbers
+of rows n_r (the global batch T = sum n_r), so the features are gathered padded to the
+largest n_r and the padding dropped, and rank r's loss is its summed cross-entropies times
+W / (2 T): the mean over ranks is again the one-process loss over all T rows, and the
+gradient argument above holds unchanged.
+
 Data: the synthetic world renders any sample from its index, so the data stream needs no
 shuffling state: global sample index = samples_seen + j, and rank r renders the
 contiguous slice [r n, (r+1) n) of every global batch. The gathered features are then in
@@ -90,6 +100,10 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     stop_at: int | None = None  # stop after this step (and checkpoint); resume later with --resume
     progress: bool = True
+    # The world and the objective (issue 15). The defaults are the shipped model's run.
+    digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution
+    mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)
+    hard_negatives: bool = False  # NegCLIP: swapped relation/attribute/count scenes join the batch
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,30 +203,56 @@ def _distributed() -> bool:
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for each slice and hands each
     rank its own: d(sum_r Loss_r)/d(local features). Public collectives only (the
-    all_reduce works on gloo and nccl alike; the features are a few hundred KB)."""
+    all_reduce works on gloo and nccl alike; the features are a few hundred KB).
+    With `sizes` (rows per rank, unequal), slices travel padded to the largest."""
 
     @staticmethod
-    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, local: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
         local = local.contiguous()
-        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, local)
-        ctx.rank, ctx.n = dist.get_rank(), local.shape[0]
-        return torch.cat(parts, dim=0)  # (W n, D)
+        ctx.rank, ctx.n, ctx.sizes = dist.get_rank(), local.shape[0], sizes
+        if sizes is None:
+            parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, local)
+            return torch.cat(parts, dim=0)  # (W n, D)
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))  # (max n_r, D)
+        padded[:ctx.n] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:k] for p, k in zip(parts, sizes)], dim=0)  # (sum n_r, D)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # sum over ranks
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.sizes is None:
+            grad = grad.contiguous().clone()
+            dist.all_reduce(grad)  # sum over ranks
+            return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+        padded = grad.new_zeros((len(ctx.sizes), max(ctx.sizes), *grad.shape[1:]))  # (W, max n_r, D)
+        start = 0
+        for r, k in enumerate(ctx.sizes):
+            padded[r, :k] = grad[start:start + k]
+            start += k
+        dist.all_reduce(padded)  # sum over ranks
+        return padded[ctx.rank, :ctx.n], None
 
 
-def gather_features(local: torch.Tensor) -> torch.Tensor:
+def gather_features(local: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """(n, D) on every rank -> (W n, D) in rank order, differentiable (backward sums the
     gradients of every rank's loss into each rank's slice). Identity on one process.
-    Every rank must hold the same n (the sampler guarantees it)."""
+    Every rank holds the same n (the sampler guarantees it), unless `sizes` gives each
+    rank's n (see `gather_sizes`)."""
     if not _distributed():
         return local
-    return _GatherWithGrad.apply(local)
+    return _GatherWithGrad.apply(local, sizes)
+
+
+def gather_sizes(n: int, device=None) -> list[int]:
+    """Every rank's n, in rank order ([n] on one process)."""
+    if not _distributed():
+        return [int(n)]
+    t = torch.tensor([int(n)], dtype=torch.long, device=device)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return [int(p) for p in parts]
 
 
 @dataclass
@@ -224,14 +264,18 @@ class LossOutput:
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-              logit_scale: torch.Tensor) -> LossOutput:
+              logit_scale: torch.Tensor, *, uneven: bool = False) -> LossOutput:
     """Symmetric cross-entropy over this rank's rows of the global similarity matrix.
 
     `image_features`, `text_features`: (n, D) local features (normalised here, in their
     dtype); `logit_scale`: exp(t). On W ranks the features of all ranks are gathered.
+    `uneven`: ranks may hold different n (hard negatives join the batch); the loss is
+    then weighted so that the mean over ranks is the loss of one process on all rows.
     """
     img = F.normalize(image_features, dim=-1)
     txt = F.normalize(text_features, dim=-1)
+    if uneven and _distributed():
+        return _clip_loss_uneven(img, txt, logit_scale)
     all_img, all_txt = gather_features(img), gather_features(txt)  # (N, D) each
     n = img.shape[0]
     rank = dist.get_rank() if _distributed() else 0
@@ -239,6 +283,25 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     logits_per_image = logit_scale * img @ all_txt.T  # (n, N): local images vs every caption
     logits_per_text = logit_scale * txt @ all_img.T  # (n, N): local captions vs every image
     loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    with torch.no_grad():
+        correct_i2t = (logits_per_image.argmax(-1) == labels).sum()
+        correct_t2i = (logits_per_text.argmax(-1) == labels).sum()
+    return LossOutput(loss, correct_i2t, correct_t2i, n)
+
+
+def _clip_loss_uneven(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> LossOutput:
+    """`clip_loss` when rank r holds n_r rows: rank r's loss is its summed cross-entropies
+    times W / (2 T), T = sum n_r, so that mean_r Loss_r = the one-process loss on T rows."""
+    n = img.shape[0]
+    sizes = gather_sizes(n, img.device)
+    rank, world, total = dist.get_rank(), len(sizes), sum(sizes)
+    all_img, all_txt = gather_features(img, sizes), gather_features(txt, sizes)  # (T, D) each
+    labels = torch.arange(n, device=img.device) + sum(sizes[:rank])  # this rank's rows of the diagonal
+    logits_per_image = logit_scale * img @ all_txt.T  # (n, T)
+    logits_per_text = logit_scale * txt @ all_img.T  # (n, T)
+    summed = (F.cross_entropy(logits_per_image, labels, reduction="sum")
+              + F.cross_entropy(logits_per_text, labels, reduction="sum"))
+    loss = summed * (world / (2 * total))
     with torch.no_grad():
         correct_i2t = (logits_per_image.argmax(-1) == labels).sum()
         correct_t2i = (logits_per_text.argmax(-1) == labels).sum()
@@ -254,14 +317,14 @@ def autocast_context(precision: str, device: torch.device):
 
 
 def forward_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor,
-                 precision: str = "fp32") -> LossOutput:
+                 precision: str = "fp32", uneven: bool = False) -> LossOutput:
     """Both towers (under autocast for bf16) then the loss in float32 (or the model's
-    dtype when it is float64)."""
+    dtype when it is float64). `uneven`: see `clip_loss`."""
     device = images.device
     with autocast_context(precision, device):
         image_features, text_features, scale = model(images, ids)
     dtype = torch.promote_types(image_features.dtype, torch.float32)
-    return clip_loss(image_features.to(dtype), text_features.to(dtype), scale.to(dtype))
+    return clip_loss(image_features.to(dtype), text_features.to(dtype), scale.to(dtype), uneven=uneven)
 
 
 def clamp_logit_scale(clip: nn.Module) -> None:
@@ -271,10 +334,12 @@ def clamp_logit_scale(clip: nn.Module) -> None:
 
 
 def train_step(model: nn.Module, clip: nn.Module, images: torch.Tensor, ids: torch.Tensor,
-               optimizer: torch.optim.Optimizer, scheduler=None, precision: str = "fp32") -> LossOutput:
+               optimizer: torch.optim.Optimizer, scheduler=None, precision: str = "fp32",
+               uneven: bool = False) -> LossOutput:
     """One optimiser step on this rank's share of the global batch. `model` is the
-    (possibly DDP-wrapped) `ContrastiveModel`, `clip` the bare CLIP model inside it."""
-    out = forward_loss(model, images, ids, precision)
+    (possibly DDP-wrapped) `ContrastiveModel`, `clip` the bare CLIP model inside it.
+    `uneven`: ranks hold different numbers of rows (hard negatives); see `clip_loss`."""
+    out = forward_loss(model, images, ids, precision, uneven)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()
@@ -290,19 +355,30 @@ def train_step(model: nn.Module, clip: nn.Module, images: torch.Tensor, ids: tor
 
 
 class SynthPairs(torch.utils.data.Dataset):
-    """(image tensor, token ids) for synthetic-world sample i. Any non-negative index."""
+    """(image tensor, token ids) for synthetic-world sample i. Any non-negative index.
 
-    def __init__(self, world, preprocess, tokenizer, context_length: int):
+    With `hard_negatives`, items are (image, ids, negative image, negative ids), the last
+    two None for scenes without a hard negative (`clipkit.data.negatives`)."""
+
+    def __init__(self, world, preprocess, tokenizer, context_length: int, hard_negatives: bool = False):
         self.world, self.preprocess, self.tokenizer = world, preprocess, tokenizer
-        self.context_length = context_length
+        self.context_length, self.hard_negatives = context_length, hard_negatives
 
     def __len__(self) -> int:  # the stream is unbounded; the sampler decides what is read
         return sys.maxsize
 
-    def __getitem__(self, i: int):
-        sample = self.world.sample(int(i))
+    def _pair(self, sample):
         ids = self.tokenizer([sample.caption], context_length=self.context_length, truncate=True)[0]
         return self.preprocess(sample.image), ids
+
+    def __getitem__(self, i: int):
+        sample = self.world.sample(int(i))
+        if not self.hard_negatives:
+            return self._pair(sample)
+        from clipkit.data.negatives import hard_negative
+
+        negative = hard_negative(self.world, int(i), sample)
+        return (*self._pair(sample), *(self._pair(negative) if negative is not None else (None, None)))
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
@@ -328,9 +404,13 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 def collate_pairs(batch):
     """Stack, and cut the ids to the longest caption of the batch: the text tower is causal
-    and pools at end-of-text, so the embeddings are the same and the tower runs faster."""
-    images = torch.stack([b[0] for b in batch])
-    ids = torch.stack([b[1] for b in batch])
+    and pools at end-of-text, so the embeddings are the same and the tower runs faster.
+    Hard negatives (items of four) follow the batch's own pairs, in the same order."""
+    images, ids = [b[0] for b in batch], [b[1] for b in batch]
+    if batch and len(batch[0]) == 4:
+        images += [b[2] for b in batch if b[2] is not None]
+        ids += [b[3] for b in batch if b[3] is not None]
+    images, ids = torch.stack(images), torch.stack(ids)
     length = int((ids != 0).sum(1).max())
     return images, ids[:, :max(length, 1)]
 
@@ -392,9 +472,11 @@ def load_checkpoint(path: str | Path) -> dict:
 def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[str, float]:
     """Zero-shot top-1 on the synthetic validation world (never the held-out pairs):
     colour x shape of single-object scenes among all 81 colour x shape names, and
-    rendered digits 0-9, each with its template ensemble."""
+    rendered digits 0-9, each with its template ensemble. A robust-digit run also reads
+    robust-style digits (`digits_robust`); a hard-negative run, spatial relations, each
+    image against its four candidate captions (`relation`)."""
     from clipkit.data import synth
-    from clipkit.zeroshot import build_head
+    from clipkit.zeroshot import build_head, encode_prompts
 
     size = clip.config.vision.image_size
     device = next(clip.parameters()).device
@@ -403,6 +485,11 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
                                                     split="val"),
         "digits": synth.digit_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size, split="val"),
     }
+    if cfg.digit_style != "classic":
+        sets["digits_robust"] = synth.digit_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size,
+                                                     split="val", style="robust")
+    relations = (synth.relation_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size, split="val")
+                 if cfg.hard_negatives else None)
     results = {}
     was_training = clip.training
     clip.eval()
@@ -418,6 +505,13 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
                     pred = head(clip.encode_image(x)).argmax(-1).cpu()
                     correct += int((pred == torch.tensor(eval_set.labels[start:start + 100])).sum())
                 results[name] = correct / len(eval_set)
+            if relations is not None:
+                x = torch.stack([preprocess(im) for im in relations.images]).to(device)
+                image = F.normalize(clip.encode_image(x).float(), dim=-1).cpu()  # (N, D)
+                flat = [c for row in relations.candidates for c in row]  # N x 4 captions, row-major
+                text = encode_prompts(clip, flat, tokenizer=tokenizer, progress=False).view(len(relations), 4, -1)
+                pred = torch.einsum("nd,nkd->nk", image, text).argmax(-1)
+                results["relation"] = float((pred == torch.tensor(relations.labels)).double().mean())
     finally:
         clip.train(was_training)
     return results
@@ -523,6 +617,12 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
         state = load_checkpoint(path)
+        missing = [k for k in ("model", "model_config", "optimizer", "scheduler", "step", "samples_seen", "rng")
+                   if k not in state]
+        if missing:
+            from clipkit.checkpoints import CheckpointError
+
+            raise CheckpointError(f"{path} is not a clipkit training checkpoint (missing {', '.join(missing)})")
         model_config = CLIPConfig.from_dict(state["model_config"])
     else:
         model_config = resolve_model_config(cfg.config)
@@ -554,8 +654,9 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
 
     tokenizer = get_tokenizer()
     preprocess = image_transform(model_config.vision.image_size, model_config.image_mean, model_config.image_std)
-    world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train")
-    dataset = SynthPairs(world, preprocess, tokenizer, model_config.text.context_length)
+    world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train",
+                       mix=cfg.mix, digit_style=cfg.digit_style)
+    dataset = SynthPairs(world, preprocess, tokenizer, model_config.text.context_length, cfg.hard_negatives)
     last = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
     sampler = GlobalBatchSampler(samples_seen, max(0, last - step), cfg.batch_size, info.rank, info.world_size)
     loader = torch.utils.data.DataLoader(
@@ -593,7 +694,8 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         for images, ids in loader:
             images, ids = images.to(info.device, non_blocking=True), ids.to(info.device, non_blocking=True)
             lr = optimizer.param_groups[0]["lr"]
-            result = train_step(model, clip, images, ids, optimizer, scheduler, cfg.precision)
+            result = train_step(model, clip, images, ids, optimizer, scheduler, cfg.precision,
+                                uneven=cfg.hard_negatives)
             step += 1
             samples_seen += cfg.batch_size
             window["loss"] += float(result.loss.detach())

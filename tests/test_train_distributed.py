@@ -151,3 +151,68 @@ def test_torchrun_two_processes_match_one(tmp_path):
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
     logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("two", "one")]
     assert len(logs[0]) == len(logs[1]) == 2
+
+
+# ---------------------------------------------------------------------------
+# Hard negatives: ranks hold different numbers of rows
+# ---------------------------------------------------------------------------
+
+# Rows of a 12-row batch per rank: 4 pairs each, then that rank's hard negatives (1 and 3).
+UNEVEN = ((0, 1, 2, 3, 8), (4, 5, 6, 7, 9, 10, 11))
+
+
+def _uneven_batch(step: int, image_size: int):
+    a, b = _global_batch(step, image_size), _global_batch(50 + step, image_size)
+    return torch.cat([a[0], b[0]])[:12], torch.cat([a[1], b[1]])[:12]
+
+
+def _run_uneven(rank: int, world: int):
+    """STEPS steps with `uneven=True`: rank r trains on rows UNEVEN[r]; one process on all
+    twelve (in the gathered order)."""
+    clip = _model().double()
+    model = ContrastiveModel(clip)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS)
+    optimizer = make_optimizer(clip, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    rows = list(UNEVEN[rank]) if world > 1 else [r for part in UNEVEN for r in part]
+    records = []
+    for step in range(STEPS):
+        images, ids = _uneven_batch(step, clip.config.vision.image_size)
+        out = train_step(model, clip, images[rows], ids[rows], optimizer, scheduler, uneven=True)
+        records.append({
+            "loss": out.loss.detach(),
+            "correct": (int(out.correct_i2t), int(out.correct_t2i)),
+            "grads": {k: p.grad.detach().clone() for k, p in clip.named_parameters()},
+            "weights": {k: v.detach().clone() for k, v in clip.state_dict().items()},
+        })
+    return records
+
+
+def _uneven_worker(rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
+    try:
+        torch.save(_run_uneven(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_ranks_with_hard_negatives_equal_one_process(tmp_path):
+    """5 and 7 rows on two gloo ranks == 12 rows in one process: the mean of the rank
+    losses, every gradient, and the weights after two AdamW steps."""
+    torch.multiprocessing.spawn(_uneven_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=True)
+    two = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    one = _run_uneven(0, 1)
+    for step in range(STEPS):
+        tol = 1e-10 if step == 0 else 1e-8
+        mean = torch.stack([two[r][step]["loss"] for r in range(WORLD)]).mean()
+        torch.testing.assert_close(mean, one[step]["loss"], atol=tol, rtol=tol)
+        assert [sum(two[r][step]["correct"][k] for r in range(WORLD)) for k in range(2)] == list(one[step]["correct"])
+        for r in range(WORLD):
+            for name, g in two[r][step]["grads"].items():
+                torch.testing.assert_close(g, one[step]["grads"][name], atol=1e-6, rtol=1e-6, msg=name)
+    for r in range(WORLD):
+        for name, w in two[r][-1]["weights"].items():
+            torch.testing.assert_close(w, one[-1]["weights"][name], atol=1e-6, rtol=1e-6, msg=name)

@@ -14,6 +14,7 @@ examples:
   clipkit train --config clipkit-synth --steps 3000 --batch-size 128 --out runs/synth
   clipkit train --out runs/synth --resume                    # continue where it stopped
   torchrun --nproc_per_node=2 -m clipkit.train --config tiny-vit --steps 100 --out runs/t
+  clipkit train --digit-style robust --hard-negatives --mix shape=0.2,count=0.15,relation=0.25,digit=0.4 ...
 
 The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss, in-batch
 image->text and text->image accuracy, lr, logit scale, samples/s; and zero-shot
@@ -30,7 +31,28 @@ _FIELDS = {
     "precision": "precision", "workers": "workers", "seed": "seed", "data_seed": "data_seed",
     "log_every": "log_every", "eval_every": "eval_every", "eval_size": "eval_size",
     "save_every": "save_every", "stop_at": "stop_at",
+    "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives",
 }
+DIGIT_STYLES = ("classic", "robust")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'shape=0.2,count=0.15,relation=0.25,digit=0.4' -> {kind: weight}."""
+    from clipkit.data.synth import check_mix
+
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            mix[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT (e.g. relation=0.25)") from None
+    try:
+        return check_mix(mix)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-size", type=int, help="images per validation task; 0 disables it (default 200)")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps; 0 = at the end only")
     p.add_argument("--stop-at", type=int, help="stop (and checkpoint) after this step; --resume later")
+    p.add_argument("--digit-style", choices=DIGIT_STYLES,
+                   help="how the world draws digits: classic (the shipped model's) or robust (any scale, place, "
+                        "polarity, stroke width, slant, background, blur, resolution, noise) (default classic)")
+    p.add_argument("--mix", type=parse_mix, metavar="KIND=W,...",
+                   help="scene kinds' weights, e.g. shape=0.2,count=0.15,relation=0.25,digit=0.4 "
+                        "(default: the world's, shape=0.25,count=0.15,relation=0.15,digit=0.45)")
+    p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="NegCLIP hard negatives: each relation and count scene brings the same scene with the "
+                        "places, colours or count changed, image and caption, into the batch (default off)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or CHECKPOINT) with its saved settings; "
                         "flags given now override them")

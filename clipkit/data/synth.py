@@ -671,12 +671,16 @@ class SynthWorld:
 
     # -- public sampling ---------------------------------------------------------
 
-    def sample(self, index: int) -> Sample:
-        """Sample `index` of this world's stream; the same every time."""
+    def sample(self, index: int, **change) -> Sample:
+        """Sample `index` of this world's stream; the same every time.
+
+        `change` draws the same scene with one drawn fact replaced, every other draw the
+        same (the hard negatives of `clipkit.data.negatives`): swap="relation" or
+        swap="attributes" for a relation scene, recount=k for a count scene."""
         rng = self.rng(index)
         k = int(np.searchsorted(self.kind_cdf, rng.random(), side="right"))
         kind = self.kinds[min(k, len(self.kinds) - 1)]
-        sample = self.render(kind, rng)
+        sample = self.render(kind, rng, **change)
         sample.attrs["index"] = int(index)
         return sample
 
@@ -786,9 +790,11 @@ class SynthWorld:
                  "objects": [obj], "background": _BG_NAMES[tone]}
         return Sample(image, _shape_caption(rng, colour, shape, size, position), attrs)
 
-    def _count_scene(self, rng, pair=None, count=None) -> Sample:
+    def _count_scene(self, rng, pair=None, count=None, recount=None) -> Sample:
         colour, shape = pair if pair is not None else self._pair(rng)
         count = int(count or rng.integers(1, 5))
+        if recount is not None:  # a hard negative: drawn like the sample, with another count
+            count = int(recount)
         extent = rng.uniform(0.17, 0.27)
         centers = _place(rng, count, extent)
         while centers is None:  # too crowded: shrink and retry
@@ -801,11 +807,19 @@ class SynthWorld:
                  "objects": objects, "background": _BG_NAMES[tone]}
         return Sample(image, _count_caption(rng, colour, shape, count), attrs)
 
-    def _relation_scene(self, rng, pairs=None, relation=None) -> Sample:
+    def _relation_scene(self, rng, pairs=None, relation=None, swap=None) -> Sample:
         if pairs is None:
             a = self._pair(rng)
             pairs = (a, self._pair(rng, exclude=a))
         relation = relation or RELATIONS[int(rng.integers(4))]
+        # A hard negative: the scene drawn like the sample, with the two objects' places
+        # exchanged (the inverse relation) or their colours exchanged.
+        if swap == "relation":
+            relation = INVERSE_RELATION[relation]
+        elif swap == "attributes":
+            pairs = ((pairs[1][0], pairs[0][1]), (pairs[0][0], pairs[1][1]))
+        elif swap is not None:
+            raise ValueError(f"swap must be 'relation' or 'attributes', got {swap!r}")
         ea, eb = rng.uniform(0.22, 0.34, 2)
         # Along the relation's axis the two sit apart; across it they differ by less than
         # half that gap, so "left of" is never also plausibly "above".
