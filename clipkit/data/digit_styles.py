@@ -8,7 +8,9 @@ frame). `SynthWorld(digit_style="robust")` draws `ROBUST_SHARE` of its digits he
 instead, each with its own draw of every variation below (the rest still come from the
 classic renderer, so MNIST's own framing stays in the mix):
 
-- scale: the ink's bounding box fills 30-100% of the frame (its larger side);
+- scale: the ink's bounding box fills 30-100% of the frame (its larger side); and
+  `STRETCH_SHARE` of the digits cropped to their ink and stretched to fill 75-100% of the
+  frame in both directions, aspect lost (how some pipelines frame a digit);
 - position: anywhere the box fits (off-centre), a third of the time centred;
 - polarity: light on dark or dark on light, half each;
 - strokes: pen widths from a hairline to bold (5-32% of the digit height, log-uniform),
@@ -38,6 +40,7 @@ from clipkit.data import synth
 # Share of a robust world's digit scenes drawn here; the others by the classic renderer.
 ROBUST_SHARE = 0.65
 LOW_RESOLUTIONS = (8, 10, 12, 14, 16, 20, 24, 28)  # sides an image is reduced to
+STRETCH_SHARE = 0.12  # digits cropped to their ink and stretched over (most of) the frame
 MIN_LOW_RES_INK = 5.5  # MNIST's 20 of 28 pixels reduced to 8 x 8 leave 5.7
 FILL_RANGE = (0.3, 1.0)  # larger side of the ink's box over the frame side
 PEN_RANGE = (0.05, 0.32)  # pen width over digit height, drawn log-uniformly
@@ -116,6 +119,20 @@ def place_glyph(glyph, n: int, fill: float, box_centre: tuple[float, float] | No
     target = np.array([n / 2, n / 2] if box_centre is None else box_centre, float)
     centre = tuple(target - offset)
     return synth._warp(glyph.mask, glyph.anchor, n, centre, glyph.height / (h1 * grow), elastic=field, **shape)
+
+
+def stretch_to_fill(alpha: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int],
+                    corner: tuple[int, int]) -> np.ndarray:
+    """The ink's box of `alpha` resized (bicubic, each axis on its own) to `size` (w, h)
+    and put at `corner` (left, top) of an empty frame of the same side."""
+    n = alpha.shape[0]
+    x0, y0, x1, y1 = box
+    w, h = size
+    crop = Image.fromarray(np.ascontiguousarray(alpha[y0:y1, x0:x1], np.float32), "F")
+    out = np.zeros_like(alpha)
+    left, top = corner
+    out[top:top + h, left:left + w] = np.clip(np.asarray(crop.resize((w, h), Image.BICUBIC)), 0, 1)[:n - top, :n - left]
+    return out
 
 
 def stroke_width(alpha: np.ndarray) -> float:
@@ -226,6 +243,12 @@ def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
         box_centre = tuple(rng.uniform(side / 2, n - side / 2, 2)) if side < n else (n / 2, n / 2)
     alpha = place_glyph(glyph, n, fill, box_centre, rotation, shear, aspect, field)
     box = ink_box(alpha)
+    stretched = bool(rng.random() < STRETCH_SHARE) and box is not None
+    if stretched:
+        w, h = (n if rng.random() < 0.5 else int(round(n * rng.uniform(0.75, 1.0))) for _ in range(2))
+        corner = (int(rng.integers(n - w + 1)), int(rng.integers(n - h + 1)))
+        alpha = stretch_to_fill(alpha, box, (w, h), corner)
+        box = ink_box(alpha)
     measured_fill = 0.0 if box is None else max(box[2] - box[0], box[3] - box[1]) / n
 
     # -- strokes: a grey dilation or erosion now and then (erosion only where it leaves a stroke)
@@ -278,7 +301,7 @@ def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
     caption = synth._digit_caption(rng, digit, font == synth.HAND, ink_name, bg_name, caption_style)
     attrs = {"kind": "digit", "digit": digit, "font": font, "style": "robust", "colour": ink_name,
              "background": bg_name, "variant": variant, "resolution": resolution,
-             "polarity": polarity, "fill": round(measured_fill, 4), "box": box,
+             "polarity": polarity, "fill": round(measured_fill, 4), "box": box, "stretched": stretched,
              "box_centre": (float(box_centre[0]), float(box_centre[1])), "stroke": round(width, 4),
              "morph": morph, "rotation": rotation, "shear": shear, "aspect": aspect,
              "elastic": float(elastic_rms), "jitter": float(jitter_rms), "background_kind": bg_kind,
