@@ -27,6 +27,7 @@ _LAZY = {
     "ZeroShotClassifier": "clipkit.zeroshot",
     "build_head": "clipkit.zeroshot",
     "Reranker": "clipkit.rerank",
+    "export_onnx": "clipkit.models.onnx",
     "Index": "clipkit.index",
 }
 

@@ -13,7 +13,7 @@ import sys
 from clipkit import __version__
 
 # Order is the order shown in --help.
-COMMANDS: tuple[str, ...] = ("classify", "prompts", "bench", "train", "generate", "rerank")
+COMMANDS: tuple[str, ...] = ("classify", "prompts", "bench", "train", "generate", "rerank", "export")
 
 EPILOG = """\
 examples:

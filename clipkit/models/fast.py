@@ -19,6 +19,11 @@ What it does, and why each part:
 The embeddings are bfloat16: call `.float()` before comparing them with fp32 features.
 Build zero-shot heads with the fp32 model (text is encoded once); use the fast copy for
 the images, as `clipkit bench --fast` does.
+
+`backend="onnxruntime"` is the other fast path (`clipkit.models.ort`): the towers exported
+to ONNX and run by ONNX Runtime with int8 weights, faster again for ViT image towers
+(figures in benchmarks/results/towers.md). `--fast bf16` / `--fast int8` on the commands
+pick one of the two (`fast_model`).
 """
 from __future__ import annotations
 
@@ -36,14 +41,28 @@ def _to_channels_last(module: nn.Module, args):
 
 
 def fast_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16, *,
-                   channels_last: bool | None = None, inplace: bool = False) -> nn.Module:
+                   channels_last: bool | None = None, inplace: bool = False,
+                   backend: str = "torch", quantize: str | None = None, threads: int | None = None) -> nn.Module:
     """A copy of a CLIP model (or `model` itself with `inplace=True`) set up for fast inference.
 
     dtype: weight dtype, bfloat16 by default (float16 also works; float32 keeps the weights
         and only applies the layout and eval settings).
     channels_last: NHWC layout for the image tower's convolutions; default True for
         modified-ResNet towers, False for ViTs.
+    backend="onnxruntime": the towers exported to ONNX once (cached by the weights'
+        fingerprint) and run by ONNX Runtime, `quantize="int8"` (default; dynamic int8
+        MatMul weights, the fastest image path here) or `"fp32"`; returns a
+        `clipkit.models.ort.OnnxCLIP` with the same `encode_image`/`encode_text`.
+        Needs `pip install "clipkit[onnx]"`. `threads`: ONNX Runtime threads [torch's].
     """
+    if backend == "onnxruntime":
+        from clipkit.models.ort import onnx_inference
+
+        return onnx_inference(model, quantize or "int8", threads=threads)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if quantize is not None:
+        raise ValueError("quantize applies to backend='onnxruntime'; the torch backend converts the weights to `dtype`")
     if not isinstance(model, nn.Module) or not hasattr(model, "visual") or not hasattr(model, "config"):
         raise TypeError(f"expected a clipkit CLIP model, got {type(model).__name__}")
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -58,3 +77,18 @@ def fast_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16, *,
         fast.visual.register_forward_pre_hook(_to_channels_last)
     fast.fast_path = {"dtype": str(dtype).replace("torch.", ""), "channels_last": bool(channels_last)}
     return fast
+
+
+FAST_MODES = ("bf16", "int8")
+
+
+def fast_model(model: nn.Module, mode: str | bool | None) -> nn.Module:
+    """What `--fast MODE` means on the commands: None/False -> `model` itself; "bf16" (or
+    True) -> the torch copy with bfloat16 weights; "int8" -> ONNX Runtime with int8 weights."""
+    if mode is None or mode is False:
+        return model
+    if mode is True or mode == "bf16":
+        return fast_inference(model)
+    if mode == "int8":
+        return fast_inference(model, backend="onnxruntime", quantize="int8")
+    raise ValueError(f"fast must be one of {FAST_MODES}, got {mode!r}")
