@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--clusters", type=int, default=20_000)
     p.add_argument("--noise", type=float, default=1.5, help="noise norm around a unit centre [1.5]")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batch timing [1000]")
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     p.add_argument("--out", default=str(RESULTS), help="markdown file to update, or - to print only")
     args = p.parse_args(argv)
     load_before = load_average()
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     if args.out == "-":
         print(text)
     else:
-        write_section(Path(args.out), "bench_search", text)
+        write_section(Path(args.out), f"bench_search noise={args.noise:g}", text)
         print(f"-> {args.out}", file=sys.stderr)
     return 0
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipkit.cli import main as cli
 from clipkit.index import BadIndexError, Index, image_files
-from clipkit.search import ann_index, recall_at_k, recommended_factory, topk_exact
+from clipkit.search import ann_index, default_nprobe, recall_at_k, recommended_factory, topk_exact
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +91,8 @@ def test_recommended_factory_follows_the_faiss_guidelines():
     assert recommended_factory(100) == "IVF2,Flat"  # ~39 training points per list at least
     assert recommended_factory(1_000_000) == "IVF4096,Flat"  # 4 sqrt(N), a power of two
     assert recommended_factory(5_000_000) == "IVF65536_HNSW32,Flat"
+    assert default_nprobe("IVF16,Flat") == 16 and default_nprobe("IVF4096,Flat") == 128
+    assert default_nprobe("IVF65536_HNSW32,Flat") == 2048
     with pytest.raises(ValueError):
         recommended_factory(0)
 
