@@ -10,9 +10,17 @@ synthetic world transfers to, in the paper's terms.
   81 colour x shape names (and the seen pairs, for comparison);
 - counting (one to four) and spatial relations (left of / right of / above / below),
   each image scored against its own four candidate captions;
-- rendered digits from the validation world.
+- rendered digits from the validation world (classic, and the robust style of
+  `clipkit.data.digit_styles`);
+- robustness (issue 15): the same 5,000 MNIST digits inverted, cropped to their ink and
+  stretched to fill the frame (and, apart, enlarged with their aspect kept), reduced to
+  8 x 8 and enlarged back, shifted by 4 pixels,
+  with strokes a pixel thicker or thinner, with Gaussian noise (sigma 0.1); next to the
+  targets of the issue, and to a baseline report (`--baseline`) if given. These images are
+  for evaluation only: no training run and no model selection may use them.
 
-    python benchmarks/eval_shipped.py runs/synth/model.safetensors --log runs/synth/log.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/eval_shipped.py runs/synth/model.safetensors --log runs/synth/log.jsonl \
+        --baseline benchmarks/results/robustness_before.json
 
 Writes JSON (`--json`) and the markdown table (`--md`, default
 benchmarks/results/training.md). Every set is fixed by its seed: reruns give the same numbers.
@@ -41,6 +49,105 @@ from clipkit.zeroshot import class_embeddings, encode_prompts, head_from_embeddi
 
 MNIST_TEMPLATE = 'a photo of the number: "{}".'  # the CLIP paper's MNIST prompt
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------
+# Variations of the real MNIST digits (evaluation only)
+# ---------------------------------------------------------------------------
+# Each takes the (N, 28, 28) uint8 digits (white ink on black) and returns new ones of
+# the same shape; randomness, where any, is seeded.
+
+
+def _inverted(x: np.ndarray, seed: int) -> np.ndarray:
+    return 255 - x
+
+
+def _crop_stretch(x: np.ndarray, seed: int) -> np.ndarray:
+    """Cropped to the ink's bounding box (pixels > 0) and resized (bicubic) to the full
+    28 x 28 frame, each axis on its own: no margin at all (a '1' becomes as wide as tall).
+    The variation of issue 15 (its 63.7% for the shipped model is this one)."""
+    from PIL import Image
+
+    out = np.zeros_like(x)
+    for i, im in enumerate(x):
+        ys, xs = np.nonzero(im)
+        out[i] = np.asarray(Image.fromarray(im[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+                            .resize((28, 28), Image.BICUBIC))
+    return out
+
+
+def _crop_fill(x: np.ndarray, seed: int) -> np.ndarray:
+    """Cropped to the ink's bounding box (pixels > 0), enlarged (bicubic, aspect kept) until
+    its larger side is the full 28 pixels, centred on black."""
+    from PIL import Image
+
+    out = np.zeros_like(x)
+    for i, im in enumerate(x):
+        ys, xs = np.nonzero(im)
+        crop = Image.fromarray(im[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+        k = 28 / max(crop.size)
+        w, h = max(1, round(crop.width * k)), max(1, round(crop.height * k))
+        big = np.asarray(crop.resize((w, h), Image.BICUBIC))
+        top, left = (28 - h) // 2, (28 - w) // 2
+        out[i, top:top + h, left:left + w] = big
+    return out
+
+
+def _low_res(x: np.ndarray, seed: int) -> np.ndarray:
+    """Reduced to 8 x 8 (area average) and enlarged back to 28 x 28 (bicubic)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((8, 8), Image.BOX).resize((28, 28), Image.BICUBIC))
+                     for im in x])
+
+
+def _shifted(x: np.ndarray, seed: int) -> np.ndarray:
+    """Moved 4 pixels, image i to the right, down, left, up for i mod 4; black comes in."""
+    out = np.zeros_like(x)
+    for i, im in enumerate(x):
+        dy, dx = ((0, 4), (4, 0), (0, -4), (-4, 0))[i % 4]
+        out[i, max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+            im[max(-dy, 0):28 - max(dy, 0), max(-dx, 0):28 - max(dx, 0)]
+    return out
+
+
+def _dilated(x: np.ndarray, seed: int) -> np.ndarray:
+    """Grey dilation by a 2 x 2 square: strokes one pixel thicker."""
+    from scipy import ndimage
+
+    return ndimage.grey_dilation(x, size=(1, 2, 2))
+
+
+def _eroded(x: np.ndarray, seed: int) -> np.ndarray:
+    """Grey erosion by a 2 x 2 square: strokes one pixel thinner (a 3 x 3 one erases a third
+    of MNIST's digits entirely; 2 x 2 keeps half of the ink and erases 0.6%)."""
+    from scipy import ndimage
+
+    return ndimage.grey_erosion(x, size=(1, 2, 2))
+
+
+def _noisy(x: np.ndarray, seed: int) -> np.ndarray:
+    """Gaussian noise of sigma 0.1 on the [0, 1] scale, clipped, back to 8 bits."""
+    rng = np.random.default_rng(seed)
+    y = x / 255.0 + rng.normal(0.0, 0.1, x.shape)
+    return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+
+
+MNIST_VARIATIONS = {
+    "inverted": _inverted,
+    "cropped to content, filling the frame": _crop_stretch,
+    "cropped to content, larger side filling the frame (aspect kept)": _crop_fill,
+    "downsampled to 8x8 and back": _low_res,
+    "shifted by 4 pixels": _shifted,
+    "dilated (thick strokes)": _dilated,
+    "eroded (thin strokes)": _eroded,
+    "Gaussian noise sigma 0.1": _noisy,
+}
+
+# The targets of issue 15 (zero-shot top-1), by row of the robustness table.
+TARGETS = {"as it is": 0.90, **{name: 0.85 for name in MNIST_VARIATIONS if "aspect kept" not in name},
+           "relation": 0.90, "count": 0.95,
+           "heldout": 0.97, "synth_digits": 0.99}
 
 
 # ---------------------------------------------------------------------------
@@ -160,6 +267,19 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     log(f"MNIST zero-shot single {mnist['single']['acc1']:.3f} ensemble {mnist['ensemble']['acc1']:.3f} "
         f"probe {probe['acc1']:.3f}")
 
+    # -- the same digits, varied (robustness; evaluation only) ----------------------
+    from PIL import Image
+
+    raw = data.images[idx]  # (N, 28, 28) uint8
+    variations = {"as it is": {"single": mnist["single"]["acc1"], "ensemble": mnist["ensemble"]["acc1"]}}
+    for name, vary in MNIST_VARIATIONS.items():
+        varied = vary(raw, seed)
+        f = encode_images(model, preprocess, [Image.fromarray(im) for im in varied])
+        variations[name] = {k: round(classification_metrics(zero_shot_logits(model, f, classes, temps), y, 10)["acc1"], 4)
+                            for k, temps in (("single", [MNIST_TEMPLATE]), ("ensemble", digit_ens))}
+        log(f"MNIST {name}: single {variations[name]['single']:.3f} ensemble {variations[name]['ensemble']:.3f}")
+    results["mnist_variations"] = variations
+
     # -- colour x shape: held-out pairs vs seen pairs, among all 81 names ---------
     shapes = {}
     for split in ("heldout", "val"):
@@ -197,6 +317,11 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     f = encode_images(model, preprocess, es.images)
     m = classification_metrics(zero_shot_logits(model, f, es.classnames, es.templates), torch.tensor(es.labels), 10)
     results["synth_digits"] = {**_summary(m), "images": len(es)}
+    es = synth.digit_eval_set(n=synth_n, seed=seed, image_size=size, split="val", style="robust")
+    f = encode_images(model, preprocess, es.images)
+    m = classification_metrics(zero_shot_logits(model, f, es.classnames, es.templates), torch.tensor(es.labels), 10)
+    results["synth_digits_robust"] = {**_summary(m), "images": len(es)}
+    log(f"rendered digits {results['synth_digits']['acc1']:.3f} robust style {m['acc1']:.3f}")
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -222,7 +347,56 @@ def _training_summary(log_path: Path) -> dict:
     }
 
 
-def markdown(results: dict, model_desc: str, training: dict | None) -> str:
+def robustness_rows(results: dict) -> list[tuple[str, int | str, float | None, float, float | None]]:
+    """The robustness table of issue 15: (row, images, single-template top-1 or None,
+    ensemble top-1, target or None). Reports written before the MNIST variations existed
+    give only the rows they have."""
+    rows = []
+    mnist = results["mnist"]
+    variations = {"as it is": {"single": mnist["single"]["acc1"], "ensemble": mnist["ensemble"]["acc1"]},
+                  **results.get("mnist_variations", {})}
+    for name, acc in variations.items():
+        rows.append((f"MNIST {name}", mnist["images"], acc["single"], acc["ensemble"], TARGETS.get(name)))
+    rel = results["relation"]
+    per_dir = rel["images"] // 4
+    for direction, acc in rel["per_class"].items():
+        rows.append((f"spatial relation: {direction}", per_dir, None, acc, TARGETS["relation"]))
+    rows.append(("spatial relations, all", rel["images"], None, rel["acc1"], None))
+    rows.append(("counting 1-4", results["count"]["images"], None, results["count"]["acc1"], TARGETS["count"]))
+    held = results["colour_shape"]["heldout"]
+    rows.append(("held-out colour x shape pairs", held["images"], held["single"]["acc1"], held["ensemble"]["acc1"],
+                 TARGETS["heldout"]))
+    rows.append(("rendered digits (classic)", results["synth_digits"]["images"], None,
+                 results["synth_digits"]["acc1"], TARGETS["synth_digits"]))
+    if "synth_digits_robust" in results:
+        rows.append(("rendered digits (robust style)", results["synth_digits_robust"]["images"], None,
+                     results["synth_digits_robust"]["acc1"], None))
+    return rows
+
+
+def robustness_table(results: dict, baseline: dict | None = None, baseline_name: str = "baseline") -> list[str]:
+    """Markdown lines: one row per variation and task, top-1 %, the target, and the
+    baseline report's ensemble (single-template for MNIST rows) figure if given."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    before = {r[0]: r for r in robustness_rows(baseline["results"])} if baseline else {}
+    head = "| evaluation | images | single template | ensemble | target |"
+    rule = "| --- | ---: | ---: | ---: | ---: |"
+    if baseline:
+        head += f" {baseline_name} (single / ensemble) |"
+        rule += " ---: |"
+    lines = [head, rule]
+    for name, n, single, ens, target in robustness_rows(results):
+        met = "" if target is None else (" (met)" if ens >= target - 1e-9 else "")
+        line = f"| {name} | {n} | {pct(single)} | {pct(ens)} | {'-' if target is None else f'≥ {pct(target)}'}{met} |"
+        if baseline:
+            b = before.get(name)
+            line += " - |" if b is None else f" {pct(b[2])} / {pct(b[3])} |"
+        lines.append(line)
+    return lines
+
+
+def markdown(results: dict, model_desc: str, training: dict | None, baseline: dict | None = None,
+             baseline_name: str = "baseline") -> str:
     mn, cs = results["mnist"], results["colour_shape"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [
@@ -250,6 +424,14 @@ def markdown(results: dict, model_desc: str, training: dict | None) -> str:
         "Held-out pairs, ensemble head: colour right "
         f"{pct(cs['heldout']['ensemble']['colour_correct'])}%, shape right "
         f"{pct(cs['heldout']['ensemble']['shape_correct'])}%, top-5 {pct(cs['heldout']['ensemble']['acc5'])}%.",
+        "",
+        "## Robustness: real digits however they are framed, relations, counting (issue 15)",
+        "",
+        "The same 5,000 MNIST digits varied (`MNIST_VARIATIONS` in `benchmarks/eval_shipped.py`; evaluation only,",
+        "never used for training or model selection); relations and counting score each image against its own",
+        "four candidate captions. \"(met)\" marks a target met by the ensemble figure.",
+        "",
+        *robustness_table(results, baseline, baseline_name),
         "",
         "## Real MNIST: zero-shot vs linear probe",
         "",
@@ -307,7 +489,11 @@ def markdown(results: dict, model_desc: str, training: dict | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="a safetensors file (or any name/path clipkit.load accepts)")
-    p.add_argument("--log", help="the training run's log.jsonl, summarised in the report")
+    p.add_argument("--log", help="the training run's log.jsonl, summarised in the report (or an earlier report "
+                                 ".json: its training summary is reused)")
+    p.add_argument("--baseline", help="an earlier report .json (e.g. benchmarks/results/robustness_before.json): "
+                                      "its robustness figures become a column of the table")
+    p.add_argument("--baseline-name", default="before", help="that column's heading word (default: before)")
     p.add_argument("--json", default=str(RESULTS / "training.json"))
     p.add_argument("--md", default=str(RESULTS / "training.md"))
     p.add_argument("--mnist-n", type=int, help="use only N MNIST digits (smoke tests); default all 5,000")
@@ -325,12 +511,17 @@ def main(argv=None) -> int:
             f"{c.vision.width}, {c.vision.layers} layers; text width {c.text.width}, {c.text.layers} layers, "
             f"context {c.text.context_length}; embed {c.embed_dim}; "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
-    training = _training_summary(Path(args.log)) if args.log else None
+    training = None
+    if args.log and args.log.endswith(".json"):
+        training = json.loads(Path(args.log).read_text()).get("training")
+    elif args.log:
+        training = _training_summary(Path(args.log))
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     report = {"model": str(args.model), "config": c.to_dict(), "results": results, "training": training,
               "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    Path(args.md).write_text(markdown(results, desc, training))
+    Path(args.md).write_text(markdown(results, desc, training, baseline, args.baseline_name))
     print(f"wrote {args.json} and {args.md}", file=sys.stderr)
     return 0
 
