@@ -275,8 +275,9 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     for name, vary in MNIST_VARIATIONS.items():
         varied = vary(raw, seed)
         f = encode_images(model, preprocess, [Image.fromarray(im) for im in varied])
-        variations[name] = {k: round(classification_metrics(zero_shot_logits(model, f, classes, temps), y, 10)["acc1"], 4)
-                            for k, temps in (("single", [MNIST_TEMPLATE]), ("ensemble", digit_ens))}
+        variations[name] = {
+            k: round(classification_metrics(zero_shot_logits(model, f, classes, temps), y, 10)["acc1"], 4)
+            for k, temps in (("single", [MNIST_TEMPLATE]), ("ensemble", digit_ens))}
         log(f"MNIST {name}: single {variations[name]['single']:.3f} ensemble {variations[name]['ensemble']:.3f}")
     results["mnist_variations"] = variations
 
