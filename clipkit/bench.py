@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 CHUNK = 512  # images per cached chunk; also the unit of work per rank
-FEATURE_FORMAT = 1  # bump when the feature cache layout changes
+FEATURE_FORMAT = 2  # bump when the feature cache layout changes (2: safetensors chunks)
 
 
 # ---------------------------------------------------------------------------
@@ -76,19 +75,80 @@ def _preprocess_key(transform) -> str:
     return repr(transform)
 
 
-def feature_cache_dir(model, dataset, transform) -> Path:
-    from clipkit.utils import cache_dir, weights_fingerprint
+def feature_cache_key(model, dataset, transform) -> str:
+    from clipkit.utils import weights_fingerprint
 
-    key = hashlib.sha256("|".join([
+    return hashlib.sha256("|".join([
         f"v{FEATURE_FORMAT}", weights_fingerprint(model), dataset.key(), _preprocess_key(transform),
     ]).encode()).hexdigest()[:32]
-    return cache_dir("features", key)
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def feature_cache_dir(model, dataset, transform) -> Path | None:
+    """The chunk folder of this (weights, dataset, preprocessing), or None (one warning)
+    when the cache cannot be created or written."""
+    from clipkit.utils import usable_cache_dir
+
+    return usable_cache_dir("features", feature_cache_key(model, dataset, transform))
+
+
+def write_chunk(part: dict, path: Path) -> None:
+    """A chunk as safetensors (features, labels, indices; the skip list in the metadata),
+    written to a temporary name and renamed: a reader sees all of it or nothing."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tensors = {k: part[k].contiguous() for k in ("features", "labels", "indices")}
+    try:
+        save_file(tensors, str(tmp), metadata={"format": str(FEATURE_FORMAT),
+                                                "skipped": json.dumps(part["skipped"])})
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - a full or read-only cache must not stop the benchmark
+        from clipkit.utils import warn_cache
+
+        warn_cache(f"could not write the feature cache {path} ({type(e).__name__}: {e}); going on without it",
+                   key="feature-cache-write")
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def read_chunk(path: str | Path, *, rows: int | None = None, dim: int | None = None) -> dict:
+    """A chunk written by :func:`write_chunk`, checked: the three tensors, their dtypes and
+    agreeing lengths (`rows` = images in the chunk, readable + skipped; `dim` = the
+    embedding width). Anything else raises :class:`~clipkit.errors.CacheError` naming the file."""
+    from safetensors import safe_open
+
+    from clipkit.errors import CacheError
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            part = {k: f.get_tensor(k) for k in ("features", "labels", "indices")}
+        skipped = json.loads(meta["skipped"])
+        fmt = meta.get("format")
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file means "not a valid chunk"
+        raise CacheError(f"corrupt feature-cache chunk {path}: {type(e).__name__}: {str(e)[:200]}") from e
+    feats, labels, indices = part["features"], part["labels"], part["indices"]
+    problems = []
+    if fmt != str(FEATURE_FORMAT):
+        problems.append(f"format {fmt!r}, expected {FEATURE_FORMAT}")
+    if feats.dtype != torch.float32 or feats.ndim != 2 or (dim is not None and feats.shape[1] != dim):
+        problems.append(f"features of {feats.dtype} {tuple(feats.shape)}")
+    if labels.dtype != torch.int64 or indices.dtype != torch.int64 or labels.shape != (len(feats),) \
+            or indices.shape != (len(feats),):
+        problems.append(f"labels {tuple(labels.shape)} / indices {tuple(indices.shape)} for {len(feats)} rows")
+    if not isinstance(skipped, list) or not all(isinstance(x, dict) and {"path", "reason"} <= set(x)
+                                                for x in skipped):
+        problems.append("a malformed skip list")
+    elif rows is not None and len(feats) + len(skipped) != rows:
+        problems.append(f"{len(feats)} rows + {len(skipped)} skipped, expected {rows} images")
+    if not problems and not bool(torch.isfinite(feats).all()):
+        problems.append("non-finite features")
+    if problems:
+        raise CacheError(f"corrupt feature-cache chunk {path}: {'; '.join(problems)}")
+    return {"features": feats, "labels": labels, "indices": indices, "skipped": skipped}
 
 
 @torch.inference_mode()
@@ -123,32 +183,38 @@ def extract_features(model, dataset, *, batch_size: int = 64, workers: int = 0, 
     Returns the features on rank 0 (None on other ranks). `stop_after_chunks` stops
     early after encoding that many chunks (used to test resuming).
     """
-    from tqdm.auto import tqdm
+    from clipkit.errors import CacheError
+    from clipkit.utils import cache_enabled, progress_bar, warn_cache
 
     ctx = dist_ctx or Dist()
     n = len(dataset)
     chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     mine = chunks[ctx.rank::ctx.world]
-    folder = feature_cache_dir(model, dataset, getattr(dataset, "transform", None)) if cache else None
+    folder = feature_cache_dir(model, dataset, getattr(dataset, "transform", None)) if cache_enabled(cache) else None
     model = model.eval()
+    dim = model.config.embed_dim
     results: dict[int, dict] = {}
     t0, encoded, done_now = time.perf_counter(), 0, 0
-    show = (sys.stderr.isatty() if progress is None else progress) and ctx.main
-    bar = tqdm(total=sum(b - a for a, b in mine), unit="img", desc="image features", disable=not show)
+    bar = progress_bar(sum(b - a for a, b in mine), unit="img", desc="image features",
+                       progress=progress if ctx.main else False)
     for start, stop in mine:
-        path = folder / f"chunk_{start:09d}_{stop:09d}.pt" if folder else None
+        path = folder / f"chunk_{start:09d}_{stop:09d}.safetensors" if folder else None
+        part = None
         if path is not None and path.exists():
-            results[start] = torch.load(path, weights_only=True)
-        else:
+            try:
+                part = read_chunk(path, rows=stop - start, dim=dim)
+            except CacheError as e:
+                warn_cache(f"{e}; recomputing it", key=str(path))
+        if part is None:
             if stop_after_chunks is not None and done_now >= stop_after_chunks:
                 bar.close()
                 raise InterruptedError(f"stopped after {done_now} chunks (stop_after_chunks)")
             part = _encode_chunk(model, dataset, start, stop, batch_size, workers, device)
             if path is not None:
-                _save_atomic(part, path)
-            results[start] = part
+                write_chunk(part, path)
             encoded += stop - start
             done_now += 1
+        results[start] = part
         bar.update(stop - start)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -257,12 +323,13 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
                   confusion_png: str | Path | None = None, cache: bool = True,
                   progress: bool | None = None, device: str = "cpu",
                   train_fraction: float = 0.5, seed: int = 0,
-                  chunk_size: int = CHUNK, fast: bool = False,
+                  chunk_size: int = CHUNK, fast: bool | str | None = None,
                   _stop_after_chunks: int | None = None) -> dict | None:
     """Evaluate a model on a dataset; returns the results dict on rank 0 (None elsewhere).
 
-    `fast=True` encodes the images with `clipkit.models.fast_inference` (bfloat16 weights,
-    channels-last ResNets); the zero-shot head is still built with the fp32 text tower.
+    `fast="bf16"` (or True) encodes the images with `clipkit.models.fast_inference` (bfloat16
+    weights, channels-last ResNets), `fast="int8"` with its ONNX Runtime backend (int8
+    weights); the zero-shot head is still built with the fp32 text tower.
     """
     from clipkit.data.datasets import open_dataset
     from clipkit.utils import weights_fingerprint
@@ -270,17 +337,28 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
 
     if task not in ("zeroshot", "linear-probe"):
         raise ValueError(f"task must be 'zeroshot' or 'linear-probe', got {task!r}")
+    if batch_size < 1 or chunk_size < 1 or workers < 0:
+        raise ValueError(f"batch_size and chunk_size must be >= 1 and workers >= 0; got {batch_size}, "
+                         f"{chunk_size}, {workers}")
+    if out is not None:  # before any work: a run must never end unable to write its result
+        from clipkit.utils import check_output_path
+
+        check_output_path(out)
     ctx = init_distributed()
     t_start = time.perf_counter()
     data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
+    template_list = None
+    if task == "zeroshot":  # a bad template set fails now, not after encoding every image
+        from clipkit.templates import load_templates
+        from clipkit.zeroshot import default_templates
+
+        template_list = load_templates(templates if templates is not None else default_templates(dataset))
     clip, preprocess = resolve_model(model, device=device)
     clip = clip.eval()
     data.transform = preprocess
-    image_model = clip
-    if fast:
-        from clipkit.models.fast import fast_inference
+    from clipkit.models.fast import fast_model
 
-        image_model = fast_inference(clip)
+    image_model = fast_model(clip, fast)
     feats = extract_features(image_model, data, batch_size=batch_size, workers=workers, cache=cache,
                              progress=progress, device=device, dist_ctx=ctx,
                              stop_after_chunks=_stop_after_chunks, chunk_size=chunk_size)
@@ -300,10 +378,8 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     }
     t_eval = time.perf_counter()
     if task == "zeroshot":
-        from clipkit.templates import load_templates
-        from clipkit.zeroshot import build_head, default_templates
+        from clipkit.zeroshot import build_head
 
-        template_list = load_templates(templates if templates is not None else default_templates(dataset))
         head = build_head(clip, data.classes, template_list, cache=cache, progress=progress, device=device)
         with torch.inference_mode():
             logits = head(feats.features.to(device)).float().cpu()
@@ -339,13 +415,20 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     result["versions"] = versions()
     if confusion_png is None and out is not None and len(data.classes) <= 100:
         confusion_png = Path(out).with_suffix(".confusion.png")
-    if confusion_png is not None:
-        if len(data.classes) > 100:
-            raise ValueError(f"a confusion-matrix PNG is drawn for up to 100 classes, not {len(data.classes)}")
-        plot_confusion(confusion, data.classes, confusion_png, title=f"{dataset} {task}")
-        result["confusion_png"] = str(confusion_png)
-    if out is not None:
-        Path(out).write_text(json.dumps(result, indent=2))
+    try:  # the metrics are computed: a failing write must not lose them (the caller prints them)
+        if confusion_png is not None:
+            if len(data.classes) > 100:
+                raise ValueError(f"a confusion-matrix PNG is drawn for up to 100 classes, not {len(data.classes)}")
+            plot_confusion(confusion, data.classes, confusion_png, title=f"{dataset} {task}")
+            result["confusion_png"] = str(confusion_png)
+        if out is not None:
+            Path(out).write_text(json.dumps(result, indent=2))
+    except (OSError, ValueError) as e:
+        import warnings
+
+        result["write_error"] = f"{type(e).__name__}: {e}"
+        warnings.warn(f"could not write the results ({e}); the metrics are printed instead", RuntimeWarning,
+                      stacklevel=2)
     _leave(ctx)
     return result
 

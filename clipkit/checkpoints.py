@@ -32,19 +32,21 @@ import struct
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from clipkit.errors import ClipkitError
 from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
 from clipkit.models.config import CLIPConfig, TextConfig, VisionConfig, available_models, get_config
 
 __all__ = [
     "load", "save", "load_state_dict", "infer_config", "download",
     "hf_to_openai", "hf_config_to_clip", "read_torchscript_archive", "clean_state_dict",
-    "unwrap_state_dict", "CheckpointError", "UnsafeCheckpointError", "DownloadError",
+    "unwrap_state_dict", "CheckpointError", "UnsafeCheckpointError", "DownloadError", "ModelNotFoundError",
     "ChecksumError", "OPENAI_URLS",
 ]
 
@@ -55,12 +57,16 @@ StateDict = dict[str, torch.Tensor]
 # ---------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ClipkitError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
 class UnsafeCheckpointError(CheckpointError):
     """The file can only be read by unpickling arbitrary Python objects."""
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+    """No such checkpoint file, folder or model name; the message lists what would work."""
 
 
 class DownloadError(CheckpointError):
@@ -191,7 +197,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str)
-                and isinstance(pid[4], int)):
+                and isinstance(pid[4], int) and pid[4] >= 0):
             raise CheckpointError(f"unexpected persistent id in data.pkl: {pid!r}")
         _, stype, key, _location, numel = pid
         return self._load_storage(key, stype.dtype, numel)
@@ -223,20 +229,57 @@ def is_torchscript_archive(names: list[str]) -> bool:
     return any(n.startswith(prefix + "code/") or n == prefix + "constants.pkl" for n in names)
 
 
-def _collect_tensors(obj: _ScriptObject, prefix: str, out: StateDict, seen: set[int]) -> None:
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    state = getattr(obj, "state", None)
-    if not isinstance(state, dict):
-        return
-    for key, value in state.items():
-        if not isinstance(key, str):
+def _collect_tensors(root: _ScriptObject) -> StateDict:
+    """Every tensor under `root`, by dotted path; iterative, so any nesting depth is fine."""
+    out: StateDict = {}
+    seen: set[int] = set()
+    stack: list[tuple[_ScriptObject, str]] = [(root, "")]
+    while stack:
+        obj, prefix = stack.pop()
+        if id(obj) in seen:
             continue
-        if isinstance(value, torch.Tensor):
-            out[prefix + key] = value
-        elif isinstance(value, _ScriptObject):
-            _collect_tensors(value, f"{prefix}{key}.", out, seen)
+        seen.add(id(obj))
+        state = getattr(obj, "state", None)
+        if not isinstance(state, dict):
+            continue
+        children = []
+        for key, value in state.items():
+            if not isinstance(key, str):
+                continue
+            if isinstance(value, torch.Tensor):
+                out[prefix + key] = value
+            elif isinstance(value, _ScriptObject):
+                children.append((value, f"{prefix}{key}."))
+        stack.extend(reversed(children))  # depth first, in the file's order
+    return out
+
+
+# Bounds on what an archive may make us allocate, checked before allocating. The largest
+# registered architecture (RN50x64) has 623,669,128 weights: 2.49 GB in float32; no real
+# CLIP archive needs more than that (the released ones are float16, half of it).
+MAX_ARCHIVE_BYTES = 623_669_128 * 4 * 21 // 20  # +5% for non-weight tensors (attn_mask, ...)
+# Released archives store tensors uncompressed; a compressed (re-zipped) storage may
+# expand by at most this factor over the bytes it really occupies in the file, unless it
+# is small. Float weights deflate by about 1.1x; a zip bomb by 1,000x.
+MAX_EXPANSION = 64
+SMALL_STORAGE_BYTES = 64 * 1024 * 1024
+
+
+def _read_entry_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> bytearray:
+    """Exactly `nbytes` bytes of a zip entry, decompressed in 1 MiB steps into a buffer of
+    that size: a stream that runs longer or shorter is an error, never a bigger buffer."""
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    with zf.open(info) as stream:
+        while got < nbytes:
+            n = stream.readinto(view[got:got + (1 << 20)])
+            if not n:
+                raise CheckpointError(f"storage {info.filename} ends after {got} of {nbytes} bytes")
+            got += n
+        if stream.read(1):
+            raise CheckpointError(f"storage {info.filename} holds more than the {nbytes} bytes declared")
+    return buf
 
 
 def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
@@ -261,6 +304,7 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
             raise CheckpointError(f"{path}: big-endian archives are not supported")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         storages: dict[str, torch.Tensor] = {}
+        total = [0]  # bytes of all storages so far
 
         def load_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
             if key in storages:
@@ -272,16 +316,29 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
             if info is None:
                 raise CheckpointError(f"data.pkl refers to storage {key}, which the archive lacks")
             itemsize = torch.empty((), dtype=dtype).element_size()
-            if info.file_size != numel * itemsize:
+            nbytes = numel * itemsize
+            if info.file_size != nbytes:
                 raise CheckpointError(
                     f"storage {key} holds {info.file_size} bytes, expected {numel} x {itemsize}"
                 )
+            total[0] += nbytes
+            if total[0] > MAX_ARCHIVE_BYTES:
+                raise CheckpointError(
+                    f"the archive's tensors would take more than {MAX_ARCHIVE_BYTES:,} bytes, more than the "
+                    "largest known CLIP architecture (RN50x64) needs; refusing to allocate them")
             offset = _zip_entry_offset(mm, info)
+            if offset + info.compress_size > len(mm):
+                raise CheckpointError(f"storage {key} runs past the end of the file (truncated archive?)")
+            if info.compress_type != zipfile.ZIP_STORED and nbytes > max(
+                    SMALL_STORAGE_BYTES, MAX_EXPANSION * info.compress_size):
+                raise CheckpointError(
+                    f"storage {key} would expand from {info.compress_size:,} compressed bytes to {nbytes:,} "
+                    f"(more than {MAX_EXPANSION}x): a decompression bomb, not weights; refusing it")
             if info.compress_type == zipfile.ZIP_STORED and offset % itemsize == 0:
                 storage = torch.frombuffer(mm, dtype=dtype, count=numel, offset=offset) if numel else \
                     torch.empty(0, dtype=dtype)
-            else:  # compressed or misaligned: one copy
-                storage = torch.frombuffer(bytearray(zf.read(info)), dtype=dtype) if numel else \
+            else:  # compressed or misaligned: one copy, of exactly the declared size
+                storage = torch.frombuffer(_read_entry_bounded(zf, info, nbytes), dtype=dtype) if numel else \
                     torch.empty(0, dtype=dtype)
             storages[key] = storage
             return storage
@@ -291,14 +348,15 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
                 root = _RestrictedUnpickler(pkl, load_storage).load()
             except CheckpointError as e:
                 raise CheckpointError(f"{path}: {e}") from None
+            except RecursionError:
+                raise CheckpointError(f"{path}: data.pkl is nested too deeply to be a model's state; "
+                                      "refusing it") from None
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                    IndexError, KeyError) as e:
+                    IndexError, KeyError, zipfile.BadZipFile, zlib.error, OverflowError, MemoryError) as e:
                 raise CheckpointError(f"{path}: corrupt data.pkl ({type(e).__name__}: {e})") from e
     if not isinstance(root, _ScriptObject):
         raise CheckpointError(f"{path}: data.pkl does not hold a TorchScript module")
-    out: StateDict = {}
-    _collect_tensors(root, "", out, set())
-    return out
+    return _collect_tensors(root)
 
 
 # ---------------------------------------------------------------------------
@@ -683,11 +741,28 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
 
     Returns `(state_dict, config)`; `config` comes from the file (safetensors metadata,
     Hugging Face config.json) or is None when the file has none (infer it with
-    `infer_config`). Non-weight entries are dropped.
+    `infer_config`). Non-weight entries are dropped. A file that cannot be read (truncated,
+    corrupt, of an unknown format, or refused as unsafe) raises a `CheckpointError`
+    naming it.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise ModelNotFoundError(f"no checkpoint at {path}")
+    try:
+        return _read_weights(path, trust_pickle)
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from e.__cause__
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a checkpoint; refusing it") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file is "cannot read it"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {first} "
+                              f"(a truncated or corrupt file?)") from e
+
+
+def _read_weights(path: Path, trust_pickle: bool) -> tuple[StateDict, CLIPConfig | None]:
     config: CLIPConfig | None = None
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -963,14 +1038,14 @@ def _resolve(name: str, *, cache_dir: str | os.PathLike | None, download_ok: boo
                     break  # download() replaces it
             return candidate
     if url is None:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no weights for {name!r}: it is an architecture without published weights. Put a "
             f"checkpoint at {candidates[0]} (any supported format: use clipkit.save for safetensors), "
             f"pass a path to load(), or use clipkit.create_model({name!r}) for random weights."
         )
     dest_dir = candidates[-1].parent
     if not download_ok:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no local weights for {name!r} and download=False. "
             + _manual_instructions(url, dest_dir / url.rsplit("/", 1)[-1], sha256_from_url(url))
         )
@@ -1045,7 +1120,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", *,
     if not path.exists():
         known = set(available_models()) | set(OPENAI_URLS) | set(_SHIPPED)
         if name not in known:
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"{name!r} is neither an existing file or folder nor a known model name "
                 f"(known: {', '.join(sorted(known))})"
             )
@@ -1062,7 +1137,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", *,
     elif registry_name is not None:  # the weights of a named model: its registered architecture
         config, described = get_config(registry_name), f"{registry_name} (the requested model)"
     else:
-        config, guessed = infer_config(sd)
+        try:
+            config, guessed = infer_config(sd)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        except (ValueError, IndexError, KeyError, TypeError) as e:  # shapes no CLIP has
+            raise CheckpointError(f"{path}: cannot infer a CLIP architecture from the weights' shapes "
+                                  f"({type(e).__name__}: {e})") from e
         described = f"{_describe(config, guessed)} (guessed from the weights' shapes)"
 
     # Build on the meta device without initialisation (seconds saved on big models), check

@@ -7,7 +7,7 @@ draw many samples, let CLIP pick).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +22,7 @@ class RerankResult:
     images: list[Any]
     scores: list[float]
     indices: list[int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path or position, reason)
 
     def __iter__(self):
         return iter(zip(self.images, self.scores))
@@ -34,15 +35,18 @@ class Reranker:
     """Scores images against captions with a CLIP model.
 
     `model` is a CLIP module, a `(model, preprocess)` pair, a name or path for
-    `clipkit.load`, or None for the shipped default model.
+    `clipkit.load`, or None for the shipped default model. `fast="bf16"` or ``"int8"``
+    encodes the images with `clipkit.models.fast.fast_model` (captions stay on `model`).
     """
 
     def __init__(self, model=None, preprocess: Callable | None = None, *, device: str = "cpu",
-                 batch_size: int = 64, tokenizer=None):
+                 batch_size: int = 64, tokenizer=None, fast: str | None = None):
+        from clipkit.models.fast import fast_model
         from clipkit.zeroshot import resolve_model
 
         model, loaded = resolve_model(model, device=device)  # also unpacks a (model, preprocess) pair
         self.model, self.preprocess = model.eval(), preprocess or loaded
+        self.image_model = fast_model(self.model, fast)
         self.device = device
         self.batch_size = batch_size
         if tokenizer is None:
@@ -53,37 +57,22 @@ class Reranker:
 
     # -- embeddings -------------------------------------------------------
 
-    @torch.inference_mode()
-    def encode_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
-        """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor."""
-        from clipkit.transforms import ImageLoadError, ensure_image_tensor, load_image
+    def encode_images(self, images: Sequence[Any] | torch.Tensor, *, skip_unreadable: bool = False):
+        """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor.
 
-        size = self.model.config.vision.image_size
-        if isinstance(images, torch.Tensor):
-            batch = ensure_image_tensor(images, size)
-            if batch.dim() == 3:
-                batch = batch[None]
-            chunks = batch.split(self.batch_size)
-        else:
+        With ``skip_unreadable=True`` returns the :class:`~clipkit.zeroshot.EncodedImages`
+        (rows of the readable items, their positions, the skipped files and why) instead
+        of raising on the first unreadable file.
+        """
+        from clipkit.zeroshot import encode_images
+
+        if not isinstance(images, torch.Tensor):
             images = list(images)
-            if not images:
-                raise ValueError("no images to score: the image list is empty")
-            tensors = []
-            for i, img in enumerate(images):
-                if isinstance(img, (str, Path)):
-                    try:
-                        img = load_image(img)
-                    except ImageLoadError as e:
-                        raise ImageLoadError(e.path, f"cannot score image {i}: {e}") from e
-                if isinstance(img, torch.Tensor):
-                    tensors.append(ensure_image_tensor(img, size))
-                else:
-                    tensors.append(self.preprocess(img))
-            chunks = torch.stack(tensors).split(self.batch_size)
-        if not len(chunks):
-            raise ValueError("no images to score: the image tensor is empty")
-        feats = [self.model.encode_image(c.to(self.device), normalize=True) for c in chunks]
-        return torch.cat(feats).float()
+        if len(images) == 0:
+            raise ValueError("no images to score: the image list is empty")
+        enc = encode_images(self.image_model, images, preprocess=self.preprocess, batch_size=self.batch_size,
+                            device=self.device, skip_unreadable=skip_unreadable, progress=False)
+        return enc if skip_unreadable else enc.features
 
     @torch.inference_mode()
     def encode_captions(self, captions: Sequence[str] | None = None,
@@ -95,56 +84,61 @@ class Reranker:
             text_ids = self.tokenizer(list(captions), context_length=self.model.config.text.context_length)
         if text_ids.dim() == 1:
             text_ids = text_ids[None]
-        ctx = self.model.config.text.context_length
-        if text_ids.shape[1] > ctx:
-            # Ids tokenized for another consumer (e.g. the generator) may be longer; the
-            # text tower pools at end-of-text, so trailing padding can be dropped.
-            eot = text_ids.argmax(dim=1)
-            if int(eot.max()) >= ctx:
-                raise ValueError(f"caption is {int(eot.max()) + 1} tokens, longer than the model's context {ctx}")
-            text_ids = text_ids[:, :ctx]
+        # Ids tokenized for another consumer (e.g. the generator) may be longer than the
+        # context: encode_text drops trailing padding and names a real overflow.
         return self.model.encode_text(text_ids.to(self.device), normalize=True).float()
 
     # -- scoring ------------------------------------------------------------
 
     def score(self, images, caption: str | Sequence[str], *, text_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine similarities: (N,) for one caption, (N, M) for a list of M captions."""
+        return self._similarities(self.encode_images(images), caption, text_ids)
+
+    def _similarities(self, image_features: torch.Tensor, caption, text_ids) -> torch.Tensor:
         single = isinstance(caption, str)
         captions = [caption] if single else list(caption)
-        img = self.encode_images(images)
         txt = self.encode_captions(captions, text_ids)
-        sims = img @ txt.T  # (N, M)
+        sims = image_features @ txt.T  # (N, M)
         return sims[:, 0] if single and sims.shape[1] == 1 else sims
 
-    def rerank(self, images, caption: str | Sequence[str], top_k: int = 1, *,
-               text_ids: torch.Tensor | None = None) -> RerankResult | list[RerankResult]:
+    def rerank(self, images, caption: str | Sequence[str], top_k: int | None = 1, *,
+               text_ids: torch.Tensor | None = None,
+               skip_unreadable: bool = False) -> RerankResult | list[RerankResult]:
         """The `top_k` best images for `caption`, best first (ties keep input order).
 
+        A `top_k` above the number of images (or None) returns them all, ranked.
+        ``skip_unreadable=True`` leaves out files that cannot be read and lists them in
+        the result's ``skipped``; otherwise the first one raises an error naming it.
         Several captions at once: `caption` a list of M captions and `images` a list of M
         image lists (one group per caption); returns a list of M results.
         """
         if isinstance(caption, str):
-            return self._rerank_one(images, caption, top_k, text_ids)
+            return self._rerank_one(images, caption, top_k, text_ids, skip_unreadable)
         captions = list(caption)
         groups = list(images)
         if len(groups) != len(captions):
             raise ValueError(f"{len(captions)} captions but {len(groups)} image groups: "
                              "pass one list of images per caption")
         ids = [None] * len(captions) if text_ids is None else list(text_ids)
-        return [self._rerank_one(g, c, top_k, i) for g, c, i in zip(groups, captions, ids)]
+        return [self._rerank_one(g, c, top_k, i, skip_unreadable) for g, c, i in zip(groups, captions, ids)]
 
-    def _rerank_one(self, images, caption: str, top_k: int, text_ids) -> RerankResult:
-        n = len(images)
-        if n == 0:
-            raise ValueError("no images to rerank: the image list is empty")
-        if not isinstance(top_k, int) or top_k < 1:
+    def _rerank_one(self, images, caption: str, top_k: int | None, text_ids,
+                    skip_unreadable: bool) -> RerankResult:
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        if top_k > n:
-            raise ValueError(f"top_k={top_k} is larger than the {n} images given")
-        scores = self.score(images, caption, text_ids=text_ids).reshape(n)
+        items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
+        if not items:
+            raise ValueError("no images to rerank: the image list is empty")
+        enc = self.encode_images(images, skip_unreadable=True) if skip_unreadable else None
+        feats = enc.features if enc is not None else self.encode_images(images)
+        positions = enc.indices if enc is not None else list(range(len(items)))
+        skipped = [(str(w), r) for w, r in enc.skipped] if enc is not None else []
+        if not positions:
+            return RerankResult(caption, [], [], [], skipped)
+        scores = self._similarities(feats, caption, text_ids).reshape(len(positions))
         order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
-        items = list(images) if not isinstance(images, torch.Tensor) else list(images.unbind(0))
-        return RerankResult(caption, [items[i] for i in order], [float(scores[i]) for i in order], order)
+        keep = [positions[i] for i in order]
+        return RerankResult(caption, [items[i] for i in keep], [float(scores[i]) for i in order], keep, skipped)
 
 
 def reranked(generate_fn: Callable[..., Any], reranker: Reranker, n: int, top_k: int,
@@ -157,6 +151,8 @@ def reranked(generate_fn: Callable[..., Any], reranker: Reranker, n: int, top_k:
     """
     if not callable(generate_fn):
         raise TypeError(f"generate_fn must be callable, got {type(generate_fn).__name__}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
     if top_k > n:
         raise ValueError(f"top_k={top_k} is larger than n={n}")
 

@@ -123,8 +123,7 @@ def prompt_sensitivity(model, features, labels, classnames, templates="imagenet"
     :func:`clipkit.probe.extract_features`); `labels`: class indices or class names;
     `classnames` and `templates`: lists, set names or files.
     """
-    names = load_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else list(classnames)
-    check_classnames(names)
+    names = load_classnames(classnames)  # a list, a set name or a file; checked (and warned about) once
     temps = load_templates(templates)
     emb = class_embeddings(model, names, temps, tokenizer=tokenizer, batch_size=batch_size,
                            device=device, progress=progress)  # (C, T, D), each prompt encoded once

@@ -146,6 +146,16 @@ def check_classnames(names: list[str], allow_duplicates: bool = False) -> None:
         shown = ", ".join(f"{n!r} (x{counts[n]})" for n in dups[:10])
         more = f" and {len(dups) - 10} more" if len(dups) > 10 else ""
         raise ValueError(f"duplicate class names: {shown}{more}; each class needs a distinct name")
+    if len(names) == 1:
+        import warnings
+
+        warnings.warn(f"only one class ({names[0]!r}): every image gets it with probability 1, so accuracy "
+                      "and probabilities say nothing; give at least two class names", SingleClassWarning,
+                      stacklevel=3)
+
+
+class SingleClassWarning(UserWarning):
+    """A zero-shot head over one class: every prediction is that class."""
 
 
 def fill(template: str, classname: str) -> str:

@@ -158,6 +158,10 @@ def _read_merges(path: Path) -> tuple[bytes, list[tuple[str, str]]]:
 # tokenizer
 # ---------------------------------------------------------------------------------------
 
+class TruncationWarning(UserWarning):
+    """Texts were cut to the context length (end-of-text kept as the last token)."""
+
+
 class Tokenizer:
     """CLIP tokenizer. ``tok(["a photo of a cat."])`` -> ``LongTensor[1, 77]``.
 
@@ -412,7 +416,7 @@ class Tokenizer:
                 f"{len(cut)} of {len(texts)} texts were longer than the context length "
                 f"{n_ctx} and were truncated (end-of-text kept as the last token); first: "
                 f"text {first} with {len(encoded[first]) + 2} tokens: {_shorten(texts[first])}",
-                UserWarning, stacklevel=_caller_stacklevel())
+                TruncationWarning, stacklevel=_caller_stacklevel())
         out = np.zeros((len(texts), n_ctx), dtype=np.int64)
         # row-major boolean assignment fills each row's first lengths[i] slots in order
         out[np.arange(n_ctx) < lengths[:, None]] = np.asarray(flat, dtype=np.int64)

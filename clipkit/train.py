@@ -460,8 +460,27 @@ def atomic_save(obj, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint; read with `weights_only=True` (tensors and plain data only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint; read with `weights_only=True` (tensors and plain data only).
+
+    A missing, truncated or foreign file raises a `CheckpointError` naming it."""
+    from clipkit.checkpoints import CheckpointError, ModelNotFoundError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"no training checkpoint at {path}" + (" (a folder: pass the run's "
+                                 "checkpoint.pt, or --out with the run folder)" if path.is_dir() else ""))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file means "not a checkpoint"
+        import pickle
+
+        why = ("not a checkpoint of tensors (corrupt, or it holds pickled Python objects, which are never run)"
+               if isinstance(e, pickle.UnpicklingError) else
+               f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]} (truncated or corrupt?)")
+        raise CheckpointError(f"cannot read training checkpoint {path}: {why}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a clipkit training checkpoint (it holds a {type(ckpt).__name__})")
+    return ckpt
 
 
 # ---------------------------------------------------------------------------

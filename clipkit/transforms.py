@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from clipkit.errors import ClipkitError
 from clipkit.models.config import CLIP_MEAN, CLIP_STD
 
 __all__ = [
@@ -59,7 +60,7 @@ _EXIF_ORIENTATION = 0x0112
 # errors
 # ---------------------------------------------------------------------------
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ClipkitError, ValueError):
     """An image file could not be read. `path` is the file; the message names it and the cause."""
 
     def __init__(self, path: Any, message: str):
@@ -184,17 +185,35 @@ def _upright(img: Image.Image) -> Image.Image:
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def _bomb_message(path: str, pixels: int | None, error: bool) -> str:
+def max_image_pixels() -> int | None:
+    """The largest image `load_image` decodes, in pixels (None: no limit).
+
+    PIL's `PIL.Image.MAX_IMAGE_PIXELS` (89,478,485 by default, about 9,459 x 9,459),
+    or the environment variable ``CLIPKIT_MAX_IMAGE_PIXELS`` when set (a number, or
+    ``none`` for no limit), which then also becomes PIL's limit for this process.
+    """
+    env = os.environ.get("CLIPKIT_MAX_IMAGE_PIXELS", "").strip().replace("_", "").replace(",", "")
+    if env:
+        if env.lower() in ("none", "0", "off"):
+            Image.MAX_IMAGE_PIXELS = None
+        else:
+            try:
+                value = int(env)
+            except ValueError:
+                raise ImageLoadError("CLIPKIT_MAX_IMAGE_PIXELS", f"CLIPKIT_MAX_IMAGE_PIXELS={env!r} is not a "
+                                     "number of pixels (or 'none')") from None
+            Image.MAX_IMAGE_PIXELS = value
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _bomb_message(path: str, pixels: int | None) -> str:
     limit = Image.MAX_IMAGE_PIXELS
     size = f"{pixels:,} pixels" if pixels is not None else "its pixel count"
-    if error:
-        head = (f"cannot load image {path}: {size} is more than twice PIL's decompression-bomb "
-                f"limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS), so PIL refuses to decode it")
-    else:
-        head = (f"image {path}: {size} exceeds PIL's decompression-bomb limit of {limit:,} pixels "
-                f"(PIL.Image.MAX_IMAGE_PIXELS); loading it anyway, as PIL does below twice the limit")
-    want = f"PIL.Image.MAX_IMAGE_PIXELS = {pixels}" if pixels is not None else "PIL.Image.MAX_IMAGE_PIXELS"
-    return f"{head}. If you trust the file, raise the limit deliberately before loading: {want}"
+    want = pixels if pixels is not None else "N"
+    return (f"cannot load image {path}: {size} is more than the limit of {limit:,} pixels "
+            f"(a decompression-bomb guard), so it is not decoded. If you trust the file, raise the "
+            f"limit: CLIPKIT_MAX_IMAGE_PIXELS={want} in the environment, or "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {want} in Python")
 
 
 def _describe(e: BaseException) -> str:
@@ -220,42 +239,36 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     the middle of a batch. The same goes for missing files, files that are not images and
     decompression bombs.
 
-    PIL's decompression-bomb guard stays active. Above twice `PIL.Image.MAX_IMAGE_PIXELS`
-    PIL refuses the file: that is an `ImageLoadError` saying how to raise the limit. Between
-    1x and 2x the limit PIL loads the image with a `DecompressionBombWarning`; clipkit does
-    the same (large panoramas are legitimate) but replaces PIL's anonymous warning with one
-    naming the file. Turn that warning into an error to refuse such images too:
-    `warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)` makes them raise
-    `ImageLoadError`. `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is respected as set.
+    Decompression bombs: an image of more pixels than :func:`max_image_pixels` (PIL's
+    `MAX_IMAGE_PIXELS`, 89.5 million by default; ``CLIPKIT_MAX_IMAGE_PIXELS`` overrides
+    it) is refused from its header, before anything is decoded, with an `ImageLoadError`
+    saying how to raise the limit. `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is respected.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_image expects a file path (str or os.PathLike), got {type(path).__name__}")
     name = os.fspath(path)
+    limit = max_image_pixels()
     try:
-        # PIL's own bomb warning cannot say which file; ours below does. (catch_warnings
-        # swaps process-wide state: harmless in DataLoader worker processes.)
+        # Between 1x and 2x its limit PIL would decode with a warning; the check below
+        # refuses such files from the header instead, so its warning is never wanted.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(name) as img:
+                if limit is not None and img.width * img.height > limit:
+                    raise ImageLoadError(name, _bomb_message(name, img.width * img.height))
                 img.load()
                 img = _upright(img)
+    except ImageLoadError:
+        raise
     except Image.DecompressionBombError as e:
         found = _BOMB_PIXELS.search(str(e))
-        raise ImageLoadError(name, _bomb_message(name, int(found.group(1)) if found else None, True)) from e
+        raise ImageLoadError(name, _bomb_message(name, int(found.group(1)) if found else None)) from e
     except Exception as e:  # noqa: BLE001 - every decoder failure becomes one clear error
         raise ImageLoadError(name, f"cannot load image {name}: {_describe(e)}") from e
     try:
-        img = to_rgb(img)
+        return to_rgb(img)
     except ValueError as e:  # a mode PIL can read but not convert
         raise ImageLoadError(name, f"cannot load image {name}: {e}") from e
-    limit = Image.MAX_IMAGE_PIXELS
-    pixels = img.width * img.height
-    if limit is not None and pixels > limit:
-        try:
-            warnings.warn(Image.DecompressionBombWarning(_bomb_message(name, pixels, False)), stacklevel=2)
-        except Image.DecompressionBombWarning as e:  # the user made the warning an error
-            raise ImageLoadError(name, str(e)) from e
-    return img
 
 
 # ---------------------------------------------------------------------------

@@ -74,15 +74,10 @@ _NO_MODEL_MESSAGE = (
 # ---------------------------------------------------------------------------
 
 
-def _show_progress(progress: bool | None, n: int, min_items: int) -> bool:
-    """An explicit choice wins; by default only long jobs on a terminal get a bar."""
-    if progress is not None:
-        return bool(progress)
-    return n >= min_items and sys.stderr.isatty()
-
-
 def _cache_enabled(cache: bool) -> bool:
-    return bool(cache) and os.environ.get("CLIPKIT_NO_CACHE", "").strip() not in ("1", "true", "yes")
+    from clipkit.utils import cache_enabled
+
+    return cache_enabled(cache)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -167,10 +162,10 @@ def encode_prompts(model: nn.Module, prompts: Sequence[str], *, tokenizer=None, 
         lengths = unique.argmax(dim=1) + 1  # (U,)
         order = torch.argsort(lengths, descending=True, stable=True)  # longest first: memory errors show early
     out: torch.Tensor | None = None
-    show = _show_progress(progress, len(unique), min_items=8 * batch_size)
-    from tqdm.auto import tqdm
+    from clipkit.utils import progress_bar
 
-    with tqdm(total=len(unique), unit="prompt", desc="encoding prompts", disable=not show) as bar:
+    with progress_bar(len(unique), unit="prompt", desc="encoding prompts", progress=progress,
+                      min_items=8 * batch_size) as bar:
         for start in range(0, len(unique), batch_size):
             idx = order[start:start + batch_size]
             length = int(lengths[idx].max())
@@ -256,48 +251,61 @@ def _head_cache_key(model: nn.Module, tokenizer, context_length: int, templates:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _cache_read(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _cache_read(path: Path, shape: tuple[int, int]) -> tuple[torch.Tensor, dict[str, str]] | None:
+    """(weight, metadata) of a cached head, or None when absent, unreadable or of another shape."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        weight = load_file(str(path))["weight"]
-    except (OSError, SafetensorError, KeyError, ValueError):
-        return None  # absent or unreadable: rebuild (and overwrite)
-    return weight if tuple(weight.shape) == shape and weight.dtype == torch.float32 else None
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            weight = f.get_tensor("weight")
+    except FileNotFoundError:
+        return None
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        if path.exists():
+            from clipkit.utils import warn_cache
+
+            warn_cache(f"ignoring the unreadable head cache entry {path} ({type(e).__name__}: {e}); "
+                       "rebuilding it", key=str(path))
+        return None  # rebuild (and overwrite)
+    if tuple(weight.shape) != shape or weight.dtype != torch.float32:
+        return None
+    return weight, metadata
 
 
 def _cache_write(path: Path, weight: torch.Tensor, metadata: dict[str, str]) -> None:
     """Atomic: write a temporary file next to the target, then rename over it."""
-    import warnings
-
     from safetensors.torch import save_file
 
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
         save_file({"weight": weight.contiguous()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
-    except OSError as e:  # a read-only cache must not stop classification
-        warnings.warn(f"could not write the head cache {path}: {e}", RuntimeWarning, stacklevel=3)
+    except Exception as e:  # noqa: BLE001 - a read-only or full cache must not stop classification
+        from clipkit.utils import warn_cache
+
+        warn_cache(f"could not write the head cache {path} ({type(e).__name__}: {e}); going on without it",
+                   key="head-cache-write")
         with contextlib.suppress(OSError):
             tmp.unlink()
 
 
 def build_head(model: nn.Module, classnames, templates=None, *, tokenizer=None, batch_size: int = 64,
                cache: bool = True, progress: bool | None = None, device: str | torch.device | None = None,
-               fast: bool = True) -> ZeroShotHead:
+               fast: bool | str = True) -> ZeroShotHead:
     """The zero-shot head for `classnames` (a list, a set name or a file) and `templates`
     (a list, a set name or a file; default: the set CLIP used for a named class set, else
     ``"simple"``), on the model's device (or `device`).
 
     ``cache=False`` or the environment variable ``CLIPKIT_NO_CACHE=1`` skips the disk
-    cache (``$CLIPKIT_CACHE/heads``). ``fast=False`` encodes every prompt at the full
-    context length (the slow reference path; same weights to float rounding).
+    cache (``$CLIPKIT_CACHE/heads``). By default shared prompt prefixes are encoded once
+    (``fast=True``, see :func:`encode_prompts`); ``fast="length"`` encodes each prompt
+    whole, ``fast=False`` every prompt at the full context length (the slow reference
+    path). All give the same weights to float rounding.
     """
     if templates is None:
         templates = default_templates_for(classnames)
-    names = load_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else list(classnames)
-    check_classnames(names)
+    names = load_classnames(classnames)  # a list, a set name or a file; checked (and warned about) once
     temps = load_templates(templates)
     if tokenizer is None:
         from clipkit.tokenizer import get_tokenizer
@@ -306,19 +314,37 @@ def build_head(model: nn.Module, classnames, templates=None, *, tokenizer=None, 
     ctx = model.config.text.context_length
     shape = (len(names), model.config.embed_dim)
 
-    weight = path = None
-    if _cache_enabled(cache):
-        from clipkit.utils import cache_dir
+    import warnings
 
-        path = cache_dir("heads") / f"{_head_cache_key(model, tokenizer, ctx, temps, names)}.safetensors"
-        weight = _cache_read(path, shape)
+    from clipkit.tokenizer import TruncationWarning
+
+    weight = path = None
+    truncated = ""  # the tokenizer's warning about prompts cut to the context, kept with the head
+    if _cache_enabled(cache):
+        from clipkit.utils import usable_cache_dir
+
+        folder = usable_cache_dir("heads")
+        if folder is not None:
+            path = folder / f"{_head_cache_key(model, tokenizer, ctx, temps, names)}.safetensors"
+            hit = _cache_read(path, shape)
+            if hit is not None:
+                weight, metadata = hit
+                truncated = metadata.get("truncated", "")
+                if truncated:  # the prompts are not tokenized again: say it again
+                    warnings.warn(truncated, TruncationWarning, stacklevel=2)
     if weight is None:
-        emb = class_embeddings(model, names, temps, tokenizer=tokenizer, batch_size=batch_size, fast=fast,
-                               device=device, progress=progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncationWarning)
+            emb = class_embeddings(model, names, temps, tokenizer=tokenizer, batch_size=batch_size, fast=fast,
+                                   device=device, progress=progress)
+        for w in caught:  # pass every warning on; remember the truncation ones
+            if issubclass(w.category, TruncationWarning):
+                truncated = "; ".join(filter(None, [truncated, str(w.message)]))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         weight = head_from_embeddings(emb)
         if path is not None:
             _cache_write(path, weight, {"format": str(HEAD_FORMAT_VERSION), "classes": str(len(names)),
-                                        "templates": str(len(temps))})
+                                        "templates": str(len(temps)), "truncated": truncated})
     head = ZeroShotHead(weight, _logit_scale(model), names, temps)
     return head.to(_model_device(model) if device is None else device)
 
@@ -519,7 +545,6 @@ def encode_images(model: nn.Module, X, *, preprocess: Callable | None = None, ba
         preprocess = image_transform(size, cfg.image_mean, cfg.image_std)
     device = _model_device(model) if device is None else torch.device(device)
     total = len(X) if hasattr(X, "__len__") and not isinstance(X, (str, os.PathLike)) else None
-    show = _show_progress(progress, total or 0, min_items=4 * batch_size)
 
     feats: list[torch.Tensor] = []
     indices: list[int] = []
@@ -528,7 +553,7 @@ def encode_images(model: nn.Module, X, *, preprocess: Callable | None = None, ba
     skipped: list[tuple[Any, str]] = []
     pending: list[torch.Tensor] = []
     pending_idx: list[int] = []
-    from tqdm.auto import tqdm
+    from clipkit.utils import progress_bar
 
     def flush():
         if pending:
@@ -540,7 +565,8 @@ def encode_images(model: nn.Module, X, *, preprocess: Callable | None = None, ba
             pending.clear()
             pending_idx.clear()
 
-    with _eval_mode(model), tqdm(total=total, unit="img", desc="encoding images", disable=not show) as bar:
+    with _eval_mode(model), progress_bar(total, unit="img", desc="encoding images", progress=progress,
+                                         min_items=4 * batch_size if total is not None else 1 << 62) as bar:
         for positions, images, chunk_labels, bad in _stream(X, preprocess, size):
             bar.update(len(positions))
             for where, reason in bad:
@@ -617,10 +643,14 @@ class ZeroShotClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
     An unreadable file makes ``predict`` raise an error naming it (one output per input is
     scikit-learn's contract); :meth:`classify_files` skips it instead and lists it.
     ``decision_function`` returns (N, C) logits also for two classes.
+
+    ``fast="bf16"`` or ``"int8"`` encodes the images with `clipkit.models.fast.fast_model`
+    (bfloat16 weights, or ONNX Runtime with int8 weights); the head is built with the
+    model as given.
     """
 
     def __init__(self, classnames=None, templates=None, model=None, *, device="cpu", batch_size=64,
-                 cache=True, progress=None):
+                 cache=True, progress=None, fast=None):
         self.classnames = classnames
         self.templates = templates
         self.model = model
@@ -628,6 +658,7 @@ class ZeroShotClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.cache = cache
         self.progress = progress
+        self.fast = fast
 
     # -- fitting --------------------------------------------------------------
 
@@ -650,7 +681,13 @@ class ZeroShotClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             if n_samples is not None and len(y) != n_samples:
                 raise ValueError(f"X has {n_samples} samples but y has {len(y)} labels; they must match")
         if self.classnames is not None:
-            names = load_classnames(self.classnames)
+            import warnings
+
+            from clipkit.templates import SingleClassWarning
+
+            with warnings.catch_warnings():  # build_head below says it, once
+                warnings.simplefilter("ignore", SingleClassWarning)
+                names = load_classnames(self.classnames)
             classes = np.asarray(names)
         elif y is not None:
             classes = np.unique(y)
@@ -663,7 +700,9 @@ class ZeroShotClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
                                 progress=self.progress, device=self.device)
         self.classes_ = classes
         self.templates_ = list(self.head_.templates)
-        self.model_ = clip
+        from clipkit.models.fast import fast_model
+
+        self.model_ = fast_model(clip, self.fast)  # the images' encoder; the head above used `clip`
         self.preprocess_ = preprocess
         self.n_features_in_ = dim
         return self
@@ -845,17 +884,18 @@ def _is_sparse(X) -> bool:
 
 
 def zero_shot(classnames, templates=None, model=None, *, device: str = "cpu", batch_size: int = 64,
-              cache: bool = True, progress: bool | None = None) -> ZeroShotClassifier:
+              cache: bool = True, progress: bool | None = None, fast: str | None = None) -> ZeroShotClassifier:
     """A fitted :class:`ZeroShotClassifier`.
 
     `classnames`: a list, a set name (``imagenet``, ``mnist``, ``cifar10``, ``cifar100``)
     or a file; `templates`: a list, a set name or a file (default: CLIP's set for a named
     class set, else ``"a photo of a {}."``); `model`: a name or path (``clipkit.load``), a
-    ``(model, preprocess)`` pair or a CLIP module.
+    ``(model, preprocess)`` pair or a CLIP module; `fast`: ``"bf16"`` or ``"int8"`` for a
+    faster image encoder (see :class:`ZeroShotClassifier`).
 
         >>> clf = zero_shot(["cat", "dog"], model="ViT-B/32")      # doctest: +SKIP
         >>> clf.predict(["cat.jpg"])                               # doctest: +SKIP
     """
     clf = ZeroShotClassifier(classnames, templates, model, device=device, batch_size=batch_size,
-                             cache=cache, progress=progress)
+                             cache=cache, progress=progress, fast=fast)
     return clf.fit()

@@ -105,7 +105,7 @@ def test_prompts_report_from_class_folders(tmp_path, checkpoint, capsys):
                "--out-dir", str(out_dir), "--quiet"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "notes.txt" in err
+    assert "notes.txt" not in err  # not an image file: not read, not counted, not "skipped"
     report = json.loads((out_dir / "prompt_sensitivity.json").read_text())
     assert report["n_images"] == 6 and report["n_classes"] == 2 and len(report["per_template"]) == 7
     assert (out_dir / "prompt_sensitivity.png").read_bytes()[:4] == b"\x89PNG"

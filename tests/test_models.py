@@ -319,8 +319,13 @@ def test_input_validation(tiny):
         tiny.encode_text(make_ids([5]) > 0)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         tiny.encode_text(make_ids([5])[0])
-    with pytest.raises(ValueError, match="77"):
-        tiny.encode_text(torch.zeros(1, 78, dtype=torch.long))
+    overflow = torch.zeros(1, 78, dtype=torch.long)
+    overflow[0, 77] = 49407  # a real token past the context
+    with pytest.raises(ValueError, match="context of 77"):
+        tiny.encode_text(overflow)
+    padded = torch.cat([make_ids([5]), torch.zeros(1, 40, dtype=torch.long)], dim=1)  # (1, 117): padding only
+    with torch.no_grad():  # trailing padding past the context is cut: exact for the causal tower
+        torch.testing.assert_close(tiny.encode_text(padded), tiny.encode_text(make_ids([5])), rtol=0, atol=0)
     with pytest.raises(ValueError, match="token ids must lie in"):
         tiny.encode_text(torch.full((1, 5), 49408))
     with pytest.raises(ValueError):

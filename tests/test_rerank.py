@@ -78,8 +78,9 @@ def test_tensor_and_path_inputs(reranker, tmp_path):
 def test_bad_input(reranker, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         reranker.score([], "x")
-    with pytest.raises(ValueError, match="larger than the 2 images"):
-        reranker.rerank(_images(2), "x", top_k=3)
+    everything = reranker.rerank(_images(2), "x", top_k=3)  # more than given: all of them, ranked
+    assert len(everything) == 2 and everything.scores == sorted(everything.scores, reverse=True)
+    assert sorted(everything.indices) == [0, 1]
     with pytest.raises(ValueError, match="positive integer"):
         reranker.rerank(_images(2), "x", top_k=0)
     bad = tmp_path / "broken.png"
@@ -111,3 +112,32 @@ def test_wrapper_with_stub_generator(reranker):
     assert len(one_at_a_time("a cat")) == 1
     with pytest.raises(ValueError, match="larger than n"):
         reranked(stub, reranker, n=2, top_k=3)
+
+
+def test_skip_unreadable_reports_and_ranks_the_rest(reranker, tmp_path):
+    images = _images(3, seed=9)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(paths[0].read_bytes()[:40])
+    mixed = [paths[0], bad, paths[1], paths[2]]
+    result = reranker.rerank(mixed, "a red circle", top_k=None, skip_unreadable=True)
+    assert [w for w, _ in result.skipped] == [str(bad)]
+    assert sorted(result.indices) == [0, 2, 3]  # positions in the input, the bad one left out
+    expected = reranker.rerank(paths, "a red circle", top_k=3)
+    assert result.scores == pytest.approx(expected.scores, abs=1e-6)
+    assert [mixed[i] for i in result.indices] == [paths[i] for i in expected.indices]
+    with pytest.raises(ImageLoadError, match="truncated.png"):
+        reranker.rerank(mixed, "a red circle", top_k=2)
+
+
+def test_ids_longer_than_the_context_are_accepted_when_the_rest_is_padding(reranker):
+    model = reranker.model
+    ctx = model.config.text.context_length
+    ids = reranker.tokenizer(["a red circle"], context_length=ctx + 20)  # (1, ctx + 20), zero padded
+    torch.testing.assert_close(reranker.encode_captions(text_ids=ids), reranker.encode_captions(["a red circle"]))
+    long = reranker.tokenizer([" ".join(["red"] * (ctx + 5))], context_length=ctx + 20, truncate=True)
+    with pytest.raises(ValueError, match=f"more than the text tower's context of {ctx}"):
+        model.encode_text(long)

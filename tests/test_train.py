@@ -305,5 +305,10 @@ def test_cli_flags_override_saved_settings_on_resume(tmp_path):
                                              out=str(out)).to_dict()}, out / "checkpoint.pt")
     resumed = config_from_args(build_parser().parse_args(["--out", str(out), "--resume", "--steps", "6"]))
     assert (resumed.config, resumed.steps, resumed.batch_size, resumed.lr) == ("tiny-vit", 6, 4, 1e-3)
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    from clipkit.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no training checkpoint at .*none"):
         config_from_args(build_parser().parse_args(["--out", str(tmp_path / "none"), "--resume"]))
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(CheckpointError, match="cannot read training checkpoint .*bad.pt"):
+        config_from_args(build_parser().parse_args(["--resume", str(tmp_path / "bad.pt")]))

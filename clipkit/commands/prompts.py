@@ -22,6 +22,9 @@ class set's own (e.g. cifar10's 18), else the 80 ImageNet templates.
 """
 
 
+from clipkit.commands._args import add_model_args, positive_int
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prompts", help="prompt-template sensitivity report on labelled images",
                        description=__doc__, epilog=EPILOG,
@@ -30,13 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a folder of class sub-folders, or image files inside class folders")
     p.add_argument("--classes", metavar="SET|FILE", help="class names [the sub-folder names]")
     p.add_argument("--templates", metavar="SET|FILE", help="templates to compare [the class set's, else imagenet]")
-    p.add_argument("--max-templates", type=int, default=None, help="largest greedy subset [no limit]")
-    p.add_argument("--model", help="model name [shipped default]")
-    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
+    p.add_argument("--max-templates", type=positive_int, default=None, help="largest greedy subset [no limit]")
     p.add_argument("--out-dir", default=".", help="where the JSON and PNG go [.]")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_args(p, cache_flag=False)  # the report encodes every prompt afresh: no cache
     p.set_defaults(func=run)
 
 

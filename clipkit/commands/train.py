@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from clipkit.commands._args import OneLineParser, float_in, nonnegative_int, positive_int
+
 EPILOG = """\
 examples:
   clipkit train --config clipkit-synth --steps 3000 --batch-size 128 --out runs/synth
@@ -59,22 +61,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model: a registered name (default clipkit-synth) or a JSON file "
                                     "of a CLIPConfig")
     p.add_argument("--out", help="run folder: checkpoint.pt, log.jsonl, model.safetensors (default runs/clip)")
-    p.add_argument("--steps", type=int, help="total optimiser steps (default 1000)")
-    p.add_argument("--batch-size", type=int, help="global batch over all ranks (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps before the cosine decay (default 100)")
-    p.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak (default 0)")
-    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay on matrices (default 0.2)")
+    p.add_argument("--steps", type=positive_int, help="total optimiser steps (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch over all ranks (default 128)")
+    p.add_argument("--lr", type=float_in(0.0, lo_open=True), help="peak learning rate (default 5e-4)")
+    p.add_argument("--warmup", type=nonnegative_int, help="linear warm-up steps before the cosine decay (default 100)")
+    p.add_argument("--min-lr-ratio", type=float_in(0.0, 1.0), help="final lr as a fraction of the peak (default 0)")
+    p.add_argument("--weight-decay", type=float_in(0.0), help="AdamW decoupled weight decay on matrices (default 0.2)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 = autocast, fp32 master weights "
                                                                  "(default fp32)")
-    p.add_argument("--workers", type=int, help="DataLoader processes rendering the world (default 0)")
+    p.add_argument("--workers", type=nonnegative_int, help="DataLoader processes rendering the world (default 0)")
     p.add_argument("--seed", type=int, help="model initialisation seed (default 0)")
     p.add_argument("--data-seed", type=int, help="synthetic world seed (default 0)")
-    p.add_argument("--log-every", type=int, help="steps per log line (default 10)")
-    p.add_argument("--eval-every", type=int, help="zero-shot validation every N steps; 0 = at the end only")
-    p.add_argument("--eval-size", type=int, help="images per validation task; 0 disables it (default 200)")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps; 0 = at the end only")
-    p.add_argument("--stop-at", type=int, help="stop (and checkpoint) after this step; --resume later")
+    p.add_argument("--log-every", type=positive_int, help="steps per log line (default 10)")
+    p.add_argument("--eval-every", type=nonnegative_int, help="zero-shot validation every N steps; 0 = at the end only")
+    p.add_argument("--eval-size", type=nonnegative_int, help="images per validation task; 0 disables it (default 200)")
+    p.add_argument("--save-every", type=nonnegative_int, help="checkpoint every N steps; 0 = at the end only")
+    p.add_argument("--stop-at", type=positive_int, help="stop (and checkpoint) after this step; --resume later")
     p.add_argument("--digit-style", choices=DIGIT_STYLES,
                    help="how the world draws digits: classic (the shipped model's) or robust (any scale, place, "
                         "polarity, stroke width, slant, background, blur, resolution, noise) (default classic)")
@@ -92,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `torchrun -m clipkit.train` (same flags as `clipkit train`)."""
-    p = argparse.ArgumentParser(prog="clipkit.train", description=__doc__.splitlines()[0],
+    p = OneLineParser(prog="clipkit.train", description=__doc__.splitlines()[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
@@ -114,8 +116,6 @@ def config_from_args(args: argparse.Namespace):
     if args.resume:
         out = args.out or values["out"]
         path = Path(out) / "checkpoint.pt" if args.resume is True else Path(args.resume)
-        if not path.is_file():
-            raise SystemExit(f"cannot resume: no checkpoint at {path} (pass --out of the run, or a path)")
         values.update(load_checkpoint(path)["train_config"])
     for flag, field in _FIELDS.items():
         value = getattr(args, flag, None)

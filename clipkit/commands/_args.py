@@ -1,0 +1,108 @@
+"""Argument types and checks the subcommands share.
+
+Every bad value is an argparse error: one line naming the flag and the value, exit status
+2, before any model is loaded or any image is encoded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (`prog: error: ...; see prog --help`)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def float_in(lo: float, hi: float | None = None, *, lo_open: bool = False):
+    """A float in [lo, hi] (or (lo, hi] with `lo_open`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or (value <= lo if lo_open else value < lo) or (hi is not None and value > hi):
+            span = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}]'}"
+            raise argparse.ArgumentTypeError(f"must lie in {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def device(text: str) -> str:
+    """A torch device this build can use: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device name: {text!r} (try cpu or cuda)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} asked for, but this torch build has no CUDA GPU "
+                                             f"available (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but MPS is not available; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (use cpu, cuda or mps)")
+    return text
+
+
+def add_model_args(p: argparse.ArgumentParser, *, batch_size: int = 64, device_flag: bool = True,
+                   cache_flag: bool = True) -> None:
+    """The flags every command that runs a CLIP model takes."""
+    p.add_argument("--model", help="model name (see `clipkit bench --list-models`) [shipped default]")
+    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per batch [{batch_size}]")
+    if device_flag:
+        p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps [cpu]")
+    if cache_flag:
+        p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches "
+                                                               "(also CLIPKIT_NO_CACHE=1)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def writable_output(path: str | os.PathLike, *, suffixes: tuple[str, ...] = ()) -> str:
+    """`clipkit.utils.check_output_path` as an argparse type: checked before the work."""
+    from clipkit.errors import OutputPathError
+    from clipkit.utils import check_output_path
+
+    try:
+        check_output_path(path, suffixes=suffixes)
+    except OutputPathError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(path)
+
+
+def image_output(text: str) -> str:
+    return writable_output(text, suffixes=IMAGE_SUFFIXES)
+
+
+def output_file(text: str) -> str:
+    return writable_output(text)
