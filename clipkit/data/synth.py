@@ -16,7 +16,12 @@ Scenes (the `kind` attribute):
   affine map and an elastic field (Simard et al. 2003), thickened, blurred; half of them
   white on black and centred like MNIST (half of those drawn at MNIST's 28 pixels and
   upsampled bicubically, as a classifier sees an MNIST digit), the rest dark on light or
-  coloured.
+  coloured. That is the "classic" digit style, the shipped model's; `digit_style="robust"`
+  draws most digits with real digits' variation instead (`clipkit.data.digit_styles`).
+
+`sample(index, swap=...)` / `sample(index, recount=...)` draw a relation or count scene
+with one fact changed and every other draw the same: the hard negatives of
+`clipkit.data.negatives`.
 
 The captions are the only supervision CLIP gets (Radford et al. 2021), so they are
 written to make zero-shot evaluation in-distribution: the exact evaluation prompts
