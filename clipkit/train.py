@@ -706,9 +706,9 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     window = {"loss": 0.0, "i2t": 0.0, "t2i": 0.0, "n": 0.0, "steps": 0, "t0": time.perf_counter()}
     bar = None
     if info.rank == 0 and cfg.progress:
-        from tqdm import tqdm
+        from clipkit.utils import progress_bar
 
-        bar = tqdm(total=last, initial=step, desc="train", dynamic_ncols=True)
+        bar = progress_bar(last, initial=step, desc="train", unit="step", progress=True)
     try:
         for images, ids in loader:
             images, ids = images.to(info.device, non_blocking=True), ids.to(info.device, non_blocking=True)

@@ -95,7 +95,7 @@ class _LogProgress:
     def __init__(self, total: int | None, desc: str, unit: str, interval: float, initial: int = 0,
                  file=None):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
-        self.n = initial
+        self.n = self._initial = initial
         self.file = file or sys.stderr
         self._start = self._last = time.monotonic()
         self._postfix = ""
@@ -103,7 +103,7 @@ class _LogProgress:
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self._start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0  # this run's rate
         done = f"{self.n:,}" if self.total is None else f"{self.n:,}/{self.total:,} ({100 * self.n / max(self.total, 1):.0f}%)"
         eta = ""
         if self.total and rate > 0 and self.n < self.total:
@@ -124,6 +124,9 @@ class _LogProgress:
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def write(self, text: str) -> None:
+        print(text, file=self.file, flush=True)
 
     def close(self) -> None:
         if not self._closed:
