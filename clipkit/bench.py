@@ -18,40 +18,16 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipkit.distributed import DistInfo, process_group
+
 CHUNK = 512  # images per cached chunk; also the unit of work per rank
 FEATURE_FORMAT = 2  # bump when the feature cache layout changes (2: safetensors chunks)
-
-
-# ---------------------------------------------------------------------------
-# Distributed context (torchrun sets the environment; we only read it)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); 1 process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return Dist(dist.get_rank(), dist.get_world_size())
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +152,7 @@ def _encode_chunk(model, dataset, start: int, stop: int, batch_size: int, worker
 
 
 def extract_features(model, dataset, *, batch_size: int = 64, workers: int = 0, cache: bool = True,
-                     progress: bool | None = None, device: str = "cpu", dist_ctx: Dist | None = None,
+                     progress: bool | None = None, device: str = "cpu", dist_ctx: DistInfo | None = None,
                      stop_after_chunks: int | None = None, chunk_size: int = CHUNK) -> Features | None:
     """Encode every image of `dataset` (items `(image_tensor, label)`), chunk by chunk.
 
@@ -186,7 +162,7 @@ def extract_features(model, dataset, *, batch_size: int = 64, workers: int = 0, 
     from clipkit.errors import CacheError
     from clipkit.utils import cache_enabled, progress_bar, warn_cache
 
-    ctx = dist_ctx or Dist()
+    ctx = dist_ctx or DistInfo()
     n = len(dataset)
     chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     mine = chunks[ctx.rank::ctx.world]
@@ -331,10 +307,6 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     weights, channels-last ResNets), `fast="int8"` with its ONNX Runtime backend (int8
     weights); the zero-shot head is still built with the fp32 text tower.
     """
-    from clipkit.data.datasets import open_dataset
-    from clipkit.utils import weights_fingerprint
-    from clipkit.zeroshot import resolve_model
-
     if task not in ("zeroshot", "linear-probe"):
         raise ValueError(f"task must be 'zeroshot' or 'linear-probe', got {task!r}")
     if batch_size < 1 or chunk_size < 1 or workers < 0:
@@ -344,7 +316,18 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
         from clipkit.utils import check_output_path
 
         check_output_path(out)
-    ctx = init_distributed()
+    with process_group() as ctx:
+        return _run(ctx, dataset, root, split, task, model, templates, batch_size, workers, out, confusion_png,
+                    cache, progress, device, train_fraction, seed, chunk_size, fast, _stop_after_chunks)
+
+
+def _run(ctx, dataset, root, split, task, model, templates, batch_size, workers, out, confusion_png, cache,
+         progress, device, train_fraction, seed, chunk_size, fast, _stop_after_chunks) -> dict | None:
+    from clipkit.data.datasets import open_dataset
+    from clipkit.models.fast import fast_model
+    from clipkit.utils import weights_fingerprint
+    from clipkit.zeroshot import resolve_model
+
     t_start = time.perf_counter()
     data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
     template_list = None
@@ -356,15 +339,12 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
     clip, preprocess = resolve_model(model, device=device)
     clip = clip.eval()
     data.transform = preprocess
-    from clipkit.models.fast import fast_model
-
     image_model = fast_model(clip, fast)
     feats = extract_features(image_model, data, batch_size=batch_size, workers=workers, cache=cache,
                              progress=progress, device=device, dist_ctx=ctx,
                              stop_after_chunks=_stop_after_chunks, chunk_size=chunk_size)
     if not ctx.main:
-        _leave(ctx)  # wait for rank 0's evaluation, then shut gloo down cleanly
-        return None
+        return None  # process_group() waits for rank 0's evaluation, then leaves
 
     result: dict[str, Any] = {
         "dataset": dataset,
@@ -429,16 +409,7 @@ def run_benchmark(*, dataset: str = "mnist", root: str | None = None, split: str
         result["write_error"] = f"{type(e).__name__}: {e}"
         warnings.warn(f"could not write the results ({e}); the metrics are printed instead", RuntimeWarning,
                       stacklevel=2)
-    _leave(ctx)
     return result
-
-
-def _leave(ctx: Dist) -> None:
-    """All ranks meet, then leave the process group: a rank that exits while gloo still has
-    a peer talking to it aborts ("terminate called without an active exception")."""
-    if ctx.world > 1 and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def _model_name(model, clip) -> str:

@@ -17,7 +17,7 @@ On disk, an index is a folder:
 A rerun embeds only new or changed files (by size and mtime), drops deleted ones (their
 shards are rewritten without them) and keeps the rest. Images go through the one image
 path, `clipkit.zeroshot.encode_images`. Under ``torchrun`` the chunks are dealt over the
-ranks with bench's `init_distributed`; a chunk is always encoded as one unit, batched the
+ranks with `clipkit.distributed` (as `bench` does); a chunk is always encoded as one unit, batched the
 same way, so 2 processes write the same shards as 1.
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +276,32 @@ class Index:
             _write_atomic(path, self._ann.save)
         return self._ann
 
+    def contact_sheet(self, hits: list[Hit], cell: int = 128, cols: int | None = None):
+        """A PIL image of the hits' images in a grid (each fitted into a square cell), with
+        rank and score under each; a missing or unreadable file is an empty red frame."""
+        import math
+
+        from PIL import Image, ImageDraw
+
+        from clipkit.transforms import load_image
+
+        cols = cols or max(1, min(5, len(hits)))
+        rows = max(1, math.ceil(len(hits) / cols))
+        pad, label = 4, 14
+        sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + label + pad) + pad), (255, 255, 255))
+        draw = ImageDraw.Draw(sheet)
+        for i, h in enumerate(hits):
+            r, c = divmod(i, cols)
+            x, y = pad + c * (cell + pad), pad + r * (cell + label + pad)
+            try:
+                img = load_image(self.file(h.path))
+                img.thumbnail((cell, cell))
+                sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
+            except (KeyError, ValueError, OSError):
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 0, 0))
+            draw.text((x + 1, y + cell + 1), f"{i + 1}. {h.score:.3f}", fill=(0, 0, 0))
+        return sheet
+
     # -- building -------------------------------------------------------------------
 
     @classmethod
@@ -289,11 +314,7 @@ class Index:
         root, is an error unless ``rebuild=True``, which starts it afresh.
         `stop_after_chunks` stops after encoding that many chunks (to test resuming).
         """
-        import torch.distributed as dist
-
-        from clipkit.bench import _leave, init_distributed
-        from clipkit.utils import weights_fingerprint
-        from clipkit.zeroshot import resolve_model
+        from clipkit.distributed import process_group
 
         t0 = time.perf_counter()
         if chunk_size < 1:
@@ -304,7 +325,18 @@ class Index:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise BadIndexError(f"{out} exists and is not an index folder")
-        ctx = dist_ctx or init_distributed()
+        with contextlib.nullcontext(dist_ctx) if dist_ctx is not None else process_group() as ctx:
+            return cls._build(ctx, root, out, model, batch_size, chunk_size, device, rebuild, progress,
+                              stop_after_chunks, t0)
+
+    @classmethod
+    def _build(cls, ctx, root, out, model, batch_size, chunk_size, device, rebuild, progress, stop_after_chunks,
+               t0) -> BuildReport:
+        import torch.distributed as dist
+
+        from clipkit.utils import weights_fingerprint
+        from clipkit.zeroshot import resolve_model
+
         clip, preprocess = resolve_model(model, device=device)
         clip.eval()
         fp = weights_fingerprint(clip)
@@ -331,12 +363,12 @@ class Index:
         shard_dir = out / SHARDS
         shard_dir.mkdir(parents=True, exist_ok=True)
 
-        from tqdm.auto import tqdm
+        from clipkit.utils import progress_bar
 
         mine = list(range(ctx.rank, len(chunks), ctx.world))
-        show = (sys.stderr.isatty() if progress is None else progress) and ctx.main
         encoded = done_now = 0
-        with tqdm(total=sum(len(chunks[c]) for c in mine), unit="img", desc="indexing", disable=not show) as bar:
+        with progress_bar(sum(len(chunks[c]) for c in mine), unit="img", desc="indexing",
+                          progress=progress if ctx.main else False) as bar:
             for c in mine:
                 path = shard_dir / f"{keys[c]}.safetensors"
                 header = _read_shard_header(path)
@@ -352,7 +384,6 @@ class Index:
             dist.all_gather_object(counts, encoded)
             encoded = sum(counts)
         if not ctx.main:
-            _leave(ctx)
             return BuildReport(None, encoded=encoded)
 
         manifest, report = _assemble(out, root, fp, _model_label(model), int(clip.config.embed_dim), old,
@@ -363,7 +394,6 @@ class Index:
             if leftover.name not in referenced:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
-        _leave(ctx)
         report.index = cls(out)
         report.encoded = encoded
         report.seconds = time.perf_counter() - t0

@@ -8,7 +8,6 @@ draw many samples, let CLIP pick).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipkit.templates import check_classnames, load_classnames, load_templates
+from clipkit.templates import load_classnames, load_templates
 from clipkit.zeroshot import class_embeddings, head_from_embeddings
 
 __all__ = ["prompt_sensitivity", "sensitivity_from_embeddings", "sensitivity_report", "plot_sensitivity",

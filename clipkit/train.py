@@ -41,7 +41,7 @@ contiguous slice [r n, (r+1) n) of every global batch. The gathered features are
 global-batch order, and a checkpoint only needs `samples_seen` to resume the stream.
 
 Run: `clipkit train --config clipkit-synth --steps 3000 --out runs/synth` or
-`torchrun --nproc_per_node=2 -m clipkit.train --config ...` (same arguments).
+`torchrun --nproc_per_node=2 -m clipkit train --config ...` (same arguments).
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from clipkit.distributed import DistInfo, is_distributed
 from clipkit.models.config import CLIPConfig, get_config
 
 # The CLIP paper's cap on the logit scale: exp(t) <= 100.
@@ -196,9 +197,6 @@ class ContrastiveModel(nn.Module):
         return image_features, text_features, self.clip.logit_scale.exp()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for each slice and hands each
@@ -240,14 +238,14 @@ def gather_features(local: torch.Tensor, sizes: list[int] | None = None) -> torc
     gradients of every rank's loss into each rank's slice). Identity on one process.
     Every rank holds the same n (the sampler guarantees it), unless `sizes` gives each
     rank's n (see `gather_sizes`)."""
-    if not _distributed():
+    if not is_distributed():
         return local
     return _GatherWithGrad.apply(local, sizes)
 
 
 def gather_sizes(n: int, device=None) -> list[int]:
     """Every rank's n, in rank order ([n] on one process)."""
-    if not _distributed():
+    if not is_distributed():
         return [int(n)]
     t = torch.tensor([int(n)], dtype=torch.long, device=device)
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -274,11 +272,11 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     """
     img = F.normalize(image_features, dim=-1)
     txt = F.normalize(text_features, dim=-1)
-    if uneven and _distributed():
+    if uneven and is_distributed():
         return _clip_loss_uneven(img, txt, logit_scale)
     all_img, all_txt = gather_features(img), gather_features(txt)  # (N, D) each
     n = img.shape[0]
-    rank = dist.get_rank() if _distributed() else 0
+    rank = dist.get_rank() if is_distributed() else 0
     labels = torch.arange(n, device=img.device) + rank * n  # the diagonal of the global matrix
     logits_per_image = logit_scale * img @ all_txt.T  # (n, N): local images vs every caption
     logits_per_text = logit_scale * txt @ all_img.T  # (n, N): local captions vs every image
@@ -541,31 +539,6 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-
-def setup_distributed() -> tuple[DistInfo, bool]:
-    """Joins the process group that `torchrun` describes in the environment (gloo on CPU,
-    nccl on GPUs); a plain process is rank 0 of 1. Also says whether it started the group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    started = False
-    if world_size > 1 and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        started = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistInfo(rank, world_size, local_rank, device), started
-
-
 def _log_line(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -597,7 +570,7 @@ def _trim_log(path: Path, step: int) -> int:
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if _distributed():
+    if is_distributed():
         dist.all_reduce(t)
     return t.tolist()
 
@@ -612,12 +585,10 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None) -> dict:
     """
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    info, started_group = setup_distributed()
-    try:
+    from clipkit.distributed import process_group
+
+    with process_group() as info:
         return _train(cfg, resume, info)
-    finally:
-        if started_group:
-            dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
@@ -650,7 +621,7 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     clip = create_model(model_config).to(info.device)
     clip.train()
     model = ContrastiveModel(clip)
-    if _distributed():
+    if is_distributed():
         ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
     optimizer = make_optimizer(clip, cfg)
@@ -758,23 +729,20 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
             save_weights(clip, out / "model.safetensors")
     finally:
         if bar is not None:
-            bar.close()
-        if _distributed():
-            dist.barrier()
+            bar.close()  # the ranks meet when they leave the process group (clipkit.distributed)
     return record
 
 
 # ---------------------------------------------------------------------------
-# Entry point (also `torchrun -m clipkit.train`)
+# Entry point: `clipkit train` / `torchrun -m clipkit train`
 # ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from clipkit.commands.train import build_parser, run
+if __name__ == "__main__":  # the old spelling of `torchrun -m clipkit train`, kept as an alias
+    import warnings
 
-    args = build_parser().parse_args(argv)
-    return run(args)
+    from clipkit.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    warnings.warn("`python -m clipkit.train` is deprecated: use `clipkit train` or `torchrun -m clipkit train`",
+                  DeprecationWarning, stacklevel=1)
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -100,6 +100,7 @@ class _LogProgress:
         self._start = self._last = time.monotonic()
         self._postfix = ""
         self._closed = False
+        self._printed = False
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self._start
@@ -116,6 +117,7 @@ class _LogProgress:
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
+            self._printed = True
             print(self._line(), file=self.file, flush=True)
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
@@ -129,8 +131,11 @@ class _LogProgress:
         print(text, file=self.file, flush=True)
 
     def close(self) -> None:
+        """The final line, for work that lasted long enough to report on at all."""
         if not self._closed:
             self._closed = True
+            if not self._printed and time.monotonic() - self._start < self.interval:
+                return  # short work stays silent in a log
             print(self._line() + " - done" if self.total is None or self.n >= self.total else self._line(),
                   file=self.file, flush=True)
 

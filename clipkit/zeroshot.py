@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from torch import nn
 
-from clipkit.templates import check_classnames, default_templates_for, fill, load_classnames, load_templates
+from clipkit.templates import default_templates_for, fill, load_classnames, load_templates
 
 __all__ = [
     "DEFAULT_MODEL",

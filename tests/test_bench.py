@@ -125,6 +125,7 @@ def test_bad_root_fails_at_once_with_layouts(tiny, tmp_path):
         bench.run_benchmark(dataset="imagenet", root=str(tmp_path), model=tiny)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tiny, mnist_root, tmp_path):
     """torchrun with 2 CPU processes on gloo gives the same results as 1 process."""
     from clipkit.checkpoints import save

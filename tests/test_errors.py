@@ -3,9 +3,7 @@ should not be, a broken cache never stops the work, no silent wrong answers, and
 files are refused before they can allocate memory."""
 from __future__ import annotations
 
-import io
 import json
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -183,6 +181,7 @@ def test_train_resume_bad_checkpoint(capsys, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unwritable_cache_never_stops_classify_or_bench(tmp_path, checkpoint):
     blocker = tmp_path / "a_file"
     blocker.write_text("the cache root cannot be created under a file")
@@ -263,6 +262,7 @@ def test_folder_refuses_a_split(capsys, tmp_path):
     assert rc == 2 and "does not apply" in err
 
 
+@pytest.mark.slow
 def test_single_class_warns(tmp_path, checkpoint):
     rc, out, err = run_process(["classify", *_images(tmp_path / "i", 1), "--labels", "one", "--checkpoint",
                                 checkpoint])

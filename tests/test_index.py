@@ -266,6 +266,8 @@ def test_cli_index_and_search(photos, tmp_path, checkpoint, capsys):
     assert table[0].split() == ["rank", "score", "path"] and table[1].split()[2] == "img03.png"
     with Image.open(sheet) as im:
         assert im.size[0] > 3 * 128
+        first = im.crop((4, 4, 4 + 128, 4 + 128)).convert("RGB")
+        assert len(first.getcolors(1 << 16)) > 1  # not blank: the hit's image is drawn
 
 
 @pytest.mark.parametrize("argv, message", [

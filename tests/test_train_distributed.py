@@ -22,7 +22,7 @@ GLOBAL_BATCH = 8
 STEPS = 2
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # see tests/conftest.py
 
 
 VOCAB = 1000  # a small token table: Adam's update of the full 49,408 rows would dominate
@@ -128,7 +128,7 @@ def test_weights_after_steps_equal_single_process(two_ranks, one_rank):
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    """The real entry point: `torchrun --nproc_per_node=2 -m clipkit.train` on the synthetic
+    """The real entry point: `torchrun --nproc_per_node=2 -m clipkit train` on the synthetic
     world ends with the weights of a one-process run on the same global batches."""
     from safetensors.torch import load_file
 
@@ -138,7 +138,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
             "--warmup", "1", "--eval-size", "0", "--log-every", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "clipkit.train", *args, "--out", str(tmp_path / "two")]
+           "-m", "clipkit", "train", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -59,33 +59,8 @@ def run(args: argparse.Namespace) -> int:
         for rank, h in enumerate(hits, 1):
             print(f"{rank:>4}  {h.score:7.4f}  {h.path:<{width}}")
     if args.sheet:
-        contact_sheet(index, hits).save(args.sheet)
+        index.contact_sheet(hits).save(args.sheet)
         if not args.json:
             print(f"contact sheet -> {args.sheet}")
     return 0
 
-
-def contact_sheet(index, hits, cell: int = 128, cols: int | None = None):
-    """The hits' images in a grid, each fitted into a square cell, with its rank and score."""
-    import math
-
-    from PIL import Image, ImageDraw
-
-    from clipkit.transforms import load_image
-
-    cols = cols or max(1, min(5, len(hits)))
-    rows = max(1, math.ceil(len(hits) / cols))
-    pad, label = 4, 14
-    sheet = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + label + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for i, h in enumerate(hits):
-        r, c = divmod(i, cols)
-        x, y = pad + c * (cell + pad), pad + r * (cell + label + pad)
-        try:
-            img = load_image(index.file(h.path))
-            img.thumbnail((cell, cell))
-            sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
-        except (KeyError, ValueError, OSError):
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 0, 0))
-        draw.text((x + 1, y + cell + 1), f"{i + 1}. {h.score:.3f}", fill=(0, 0, 0))
-    return sheet

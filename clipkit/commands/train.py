@@ -1,7 +1,7 @@
 """`clipkit train`: contrastive training on the synthetic world (one process or torchrun).
 
 Thin wrapper: parses the arguments into a `clipkit.train.TrainConfig` and calls
-`clipkit.train.train`. `torchrun -m clipkit.train` uses the same parser.
+`clipkit.train.train`; `torchrun -m clipkit train` is the distributed spelling.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ EPILOG = """\
 examples:
   clipkit train --config clipkit-synth --steps 3000 --batch-size 128 --out runs/synth
   clipkit train --out runs/synth --resume                    # continue where it stopped
-  torchrun --nproc_per_node=2 -m clipkit.train --config tiny-vit --steps 100 --out runs/t
+  torchrun --nproc_per_node=2 -m clipkit train --config clipkit-synth --steps 100 --out runs/t
   clipkit train --digit-style robust --hard-negatives --mix shape=0.2,count=0.15,relation=0.25,digit=0.4 ...
 
 The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss, in-batch
