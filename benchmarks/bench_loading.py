@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import clipkit  # noqa: E402
 from benchmarks._machine import cpu_name  # noqa: E402
-from tests.test_checkpoints import _Released  # noqa: E402 - the released archives' layout
+from benchmarks._released import Released as _Released  # noqa: E402 - the released archives' layout
 from clipkit.models import create_model  # noqa: E402
 
 ARCH = "ViT-B/32"

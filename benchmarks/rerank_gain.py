@@ -1,11 +1,11 @@
-"""The gain of CLIP reranking (issue 8): attribute accuracy of a random generated sample
+"""The gain of CLIP reranking: attribute accuracy of a random generated sample
 vs CLIP's top-1 of N, judged by a classifier that is independent of CLIP.
 
 For every caption "a {colour} {shape}" (every colour x shape pair, the nine held-out
 pairs of `synth.HELDOUT_PAIRS` included; with --captions-per-pair k, the pair is also
 worded with the next k-1 shape templates: "a photo of a {colour} {shape}.", ...), the
 generator draws n samples (caption i uses seed `--seed` + i). The attribute judge
-(`clipkit.judge`, a CNN trained on ground-truth colour and shape labels of renders of
+(`benchmarks/judge.py`, a CNN trained on ground-truth colour and shape labels of renders of
 every pair) says whether each sample shows the caption's colour and shape; the reranker
 (`clipkit.Reranker`, CLIP) scores each sample against its caption.
 
@@ -150,7 +150,7 @@ def load_reranker(spec: str | None):
 
 
 def load_judge(spec: str | None):
-    from clipkit.judge import Judge, default_weights_path, load_default
+    from benchmarks.judge import Judge, default_weights_path, load_default
 
     if spec is None:
         return load_default(), str(default_weights_path())
@@ -177,7 +177,7 @@ def judge_on_dvae_round_trip(gen, judge, n: int = 810) -> dict | None:
     """The judge's accuracy on decode(encode(render)) of fresh renders of every pair."""
     import torch
 
-    from clipkit.judge import render_labelled
+    from benchmarks.judge import render_labelled
 
     size = gen.dvae.config.image_size
     images, colour, shape = render_labelled(n, stream=102, image_size=size, config=judge.config)
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
     p.add_argument("--gen-weights", default=None,
                    help="Generator.save file, or random:<config> for a smoke test [the shipped generator]")
     p.add_argument("--clip-weights", default=None, help="CLIP weights for Reranker [clipkit-synth]")
-    p.add_argument("--judge-weights", default=None, help="judge file [clipkit/weights/judge.safetensors]")
+    p.add_argument("--judge-weights", default=None, help="judge file [benchmarks/weights/judge.safetensors]")
     p.add_argument("--guidance", type=float, default=None, help="[the generator's default]")
     p.add_argument("--temperature", type=float, default=None, help="[1.0]")
     p.add_argument("--batch-size", type=int, default=64, help="generator batch")

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import clipkit
+from benchmarks._released import Released as _Released
 from clipkit import checkpoints as ck
 from clipkit.models import CLIPConfig, TextConfig, VisionConfig, create_model, get_config
 from clipkit.models.config import OPENAI_MODELS
@@ -59,26 +60,6 @@ def _random_model(name_or_config, seed=0):
             if p.is_floating_point() and p.ndim == 1:
                 p.abs_()  # running_var and LayerNorm scales stay positive
     return model
-
-
-class _Released(torch.nn.Module):
-    """The model's modules and parameters under the same names, plus the three integer
-    entries the released archives carry (`input_resolution`, `context_length`,
-    `vocab_size`) and a text attention mask, as OpenAI's scripted model has them."""
-
-    def __init__(self, model):
-        super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        self.register_buffer("input_resolution", torch.tensor(model.config.vision.image_size))
-        self.register_buffer("context_length", torch.tensor(model.config.text.context_length))
-        self.register_buffer("vocab_size", torch.tensor(model.config.text.vocab_size))
-        self.transformer.resblocks[0].register_buffer("attn_mask", torch.full((77, 77), float("-inf")).triu(1))
-
-    def forward(self, images):
-        return self.visual(images)
 
 
 def _trace(model, released=False) -> torch.jit.ScriptModule:

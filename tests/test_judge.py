@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from clipkit.data.synth import COLOURS, HELDOUT_PAIRS, SHAPES
-from clipkit.judge import Judge, JudgeConfig, JudgeNet, images_to_tensor, render_labelled, train_judge
+from benchmarks.judge import Judge, JudgeConfig, JudgeNet, images_to_tensor, render_labelled, train_judge
 
 TINY = JudgeConfig(image_size=16, channels=(4, 8))
 
@@ -90,7 +90,7 @@ def test_save_load_round_trip(tmp_path, data, trained):
     images = data[1][0]
     for a, b in zip(trained.judge.logits(images), loaded.logits(images)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="python -m clipkit.judge"):
+    with pytest.raises(FileNotFoundError, match="python -m benchmarks.judge"):
         Judge.load(tmp_path / "missing.safetensors")
 
 
@@ -156,7 +156,7 @@ def test_rerank_gain_estimators_equal_enumeration_of_subsets():
 
 
 def test_shipped_judge_names_fresh_renders():
-    from clipkit.judge import default_weights_path, load_default
+    from benchmarks.judge import default_weights_path, load_default
 
     if not default_weights_path().is_file():
         pytest.skip(f"no shipped judge at {default_weights_path()}")
@@ -167,7 +167,7 @@ def test_shipped_judge_names_fresh_renders():
 
 
 def test_random_blur_is_a_normalised_gaussian_whose_width_follows_max_sigma():
-    from clipkit.judge import _random_blur
+    from benchmarks.judge import _random_blur
 
     x = torch.zeros(64, 3, 31, 31)
     x[:, :, 15, 15] = 1.0

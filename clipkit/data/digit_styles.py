@@ -3,8 +3,8 @@
 The classic digit renderer (`SynthWorld(digit_style="classic")`, the shipped model's
 world) draws MNIST's framing half of the time: a digit about 20 of 28 pixels high,
 centred by its mass, light on black. A CLIP trained on it learns the framing as much as
-the digit (issue 15: 88% on MNIST as it is, 64% on the same digits cropped to fill the
-frame). `SynthWorld(digit_style="robust")` draws `ROBUST_SHARE` of its digits here
+the digit (the shipped model: 88% on MNIST as it is, 64% on the same digits cropped to
+fill the frame). `SynthWorld(digit_style="robust")` draws `ROBUST_SHARE` of its digits here
 instead, each with its own draw of every variation below (the rest still come from the
 classic renderer, so MNIST's own framing stays in the mix):
 

@@ -24,7 +24,7 @@ all text and to earlier image tokens by the layer's pattern:
     full    every earlier image token (dense causal attention)
 Layer rule (paper, appendix B.1): layer i (1-based) is column if (i − 2) mod 4 == 0, else
 row, so row, column, row, row, row, column, …; the last layer is `last_layer`: "full" by
-default (issue 7), or "conv" as in the paper's final layer. `attn_pattern` overrides the
+default (dense: a small model on an 8x8 grid loses nothing by it), or "conv" as in the paper's final layer. `attn_pattern` overrides the
 rule with an explicit tuple. Masks depend only on the config: they are built once, as
 buffers, and a query at position t reads row t of its layer's mask, so cached decoding
 sees exactly the keys that full recomputation sees.
@@ -78,7 +78,7 @@ class TransformerConfig:
     layers: int = 8
     heads: int = 8  # 32 channels per head
     mlp_ratio: float = 4.0
-    last_layer: str = "full"  # "full" (dense causal, issue 7) or "conv" (the paper)
+    last_layer: str = "full"  # "full" (dense causal) or "conv" (the paper)
     conv_kernel: int = 5  # ~ the paper's 11 of 32 codes, scaled to an 8-code grid; odd
     attn_pattern: tuple[str, ...] | None = None  # explicit per-layer mask types (tests, ablations)
 

@@ -1,7 +1,7 @@
 """An attribute judge independent of CLIP: a small CNN that names the colour and the shape
 of a single-object image from the synthetic world.
 
-It measures the gain of reranking (issue 8): CLIP picks one image out of N generated ones,
+It measures the gain of reranking: CLIP picks one image out of N generated ones,
 and the judge, which never saw a caption or a CLIP embedding, says whether the pick shows
 the colour and the shape the caption asked for.
 
@@ -10,13 +10,13 @@ the held-out ones included, on renders from its own seed space (`JUDGE_SEED`, st
 `TRAIN_STREAM` / `VAL_STREAM`) that no training or evaluation set of the project uses.
 A light random blur makes it robust to the soft images a dVAE decodes.
 
-    judge = load_default()                       # the shipped one (clipkit/weights/judge.safetensors)
+    judge = load_default()                       # the shipped one (benchmarks/weights/judge.safetensors)
     judge.predict(images)                        # [("red", "star"), ...]
     judge.matches(images, "red", "star")         # bool tensor (N,)
 
     judge = train_judge(JudgeConfig(), n_train=20_000, epochs=8).judge   # ~8 min on one core
     judge.save("runs/judge/judge.safetensors")
-    python -m clipkit.judge --out runs/judge/judge.safetensors
+    python -m benchmarks.judge --out runs/judge/judge.safetensors
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ class Judge:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no judge weights at {path}; train them with "
-                                    f"`python -m clipkit.judge --out {path}`")
+                                    f"`python -m benchmarks.judge --out {path}`")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
@@ -226,11 +226,11 @@ class Judge:
 
 
 def default_weights_path() -> Path:
-    return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS
+    return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS  # benchmarks/weights/
 
 
 def load_default(device: str | torch.device = "cpu") -> Judge:
-    """The judge shipped with clipkit (clipkit/weights/judge.safetensors)."""
+    """The judge kept with the benchmarks (benchmarks/weights/judge.safetensors)."""
     return Judge.load(default_weights_path(), device)
 
 
@@ -358,7 +358,7 @@ def _worst_pair(judge: Judge, val) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Command line: python -m clipkit.judge --out runs/judge/judge.safetensors
+# Command line: python -m benchmarks.judge --out runs/judge/judge.safetensors
 # ---------------------------------------------------------------------------
 
 
