@@ -39,6 +39,7 @@ FORMAT = "clipkit-index/1"
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 CHUNK = 512  # files per shard: the unit of work, of resuming, and of a rank's share
+KEEP_IN_MEMORY = 512 * 2**20  # embeddings up to this size stay in memory between queries
 
 
 class BadIndexError(ValueError):
@@ -159,6 +160,7 @@ class Index:
         self._row = {p: i for i, p in enumerate(self.paths)}
         self._model = None
         self._ann: AnnIndex | None = None
+        self._kept: torch.Tensor | None = None  # all embeddings, when small enough to keep
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -249,7 +251,11 @@ class Index:
             return torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
         if ann:
             return self.ann().search(queries, k)
-        return topk_exact(queries, self.shards(), k)
+        if len(self) * self.dim * 4 <= KEEP_IN_MEMORY:  # a server's repeated queries read the disk once
+            if self._kept is None:
+                self._kept = self.embeddings()
+            return topk_exact(queries, self._kept, k)
+        return topk_exact(queries, self.shards(), k)  # bounded memory: one shard at a time
 
     def search(self, text: str | None = None, k: int = 10, *, image=None, ann: bool | None = None,
                model=None) -> list[Hit]:

@@ -220,6 +220,19 @@ def test_text_and_image_search_equal_the_full_product(photos, tmp_path, checkpoi
         index.search("text", image=str(photos / "img00.png"))
 
 
+def test_streamed_and_in_memory_search_agree(photos, tmp_path, checkpoint, monkeypatch):
+    import clipkit.index
+
+    index = Index.build(photos, tmp_path / "idx", checkpoint, chunk_size=4).index
+    q = index.encode_query("a blue square")[None]
+    in_memory = index.search_vectors(q, 7)
+    assert index._kept is not None
+    monkeypatch.setattr(clipkit.index, "KEEP_IN_MEMORY", 0)
+    streamed = Index(tmp_path / "idx").search_vectors(q, 7)  # shard by shard from disk
+    assert torch.equal(in_memory[1], streamed[1])
+    torch.testing.assert_close(in_memory[0], streamed[0], rtol=0, atol=1e-6)  # other block shapes: rounding
+
+
 def test_ann_search_over_an_index(photos, tmp_path, checkpoint):
     pytest.importorskip("faiss")
     index = Index.build(photos, tmp_path / "idx", checkpoint, chunk_size=4).index
@@ -285,6 +298,12 @@ def test_cli_errors_are_one_line_and_exit_2(argv, message, photos, tmp_path, che
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_serve_without_the_extra_says_how_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert cli(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == 'clipkit serve: uvicorn is missing: pip install "clipkit[serve]"'
 
 
 def test_cli_ann_without_faiss_says_how_to_install(photos, tmp_path, checkpoint, capsys, monkeypatch):
