@@ -78,15 +78,22 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     try:
         torch.save(_run(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+        # and the hard-negative case (below), in the same processes: a spawn costs seconds
+        torch.save(_run_uneven(rank, world), os.path.join(out_dir, f"uneven{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     torch.multiprocessing.spawn(_worker, args=(WORLD, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(spawned):
+    return [torch.load(spawned / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
@@ -190,20 +197,10 @@ def _run_uneven(rank: int, world: int):
     return records
 
 
-def _uneven_worker(rank: int, world: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
-    try:
-        torch.save(_run_uneven(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_uneven_ranks_with_hard_negatives_equal_one_process(tmp_path):
+def test_uneven_ranks_with_hard_negatives_equal_one_process(spawned):
     """5 and 7 rows on two gloo ranks == 12 rows in one process: the mean of the rank
     losses, every gradient, and the weights after two AdamW steps."""
-    torch.multiprocessing.spawn(_uneven_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=True)
-    two = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    two = [torch.load(spawned / f"uneven{r}.pt", weights_only=True) for r in range(WORLD)]
     one = _run_uneven(0, 1)
     for step in range(STEPS):
         tol = 1e-10 if step == 0 else 1e-8
