@@ -8,11 +8,19 @@ table and the tensor rebuilders, which must be identical in both.
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["STORAGE_DTYPES", "StorageType", "storage_type", "tensor_rebuilders"]
+__all__ = ["STORAGE_DTYPES", "StorageType", "storage_type", "tensor_rebuilders", "read_zip_storage",
+           "MAX_EXPANSION", "SMALL_STORAGE_BYTES"]
+
+# A compressed storage may expand by at most this factor over the bytes it really occupies
+# in the file, unless it is small. torch.save and torch.jit.save store tensors uncompressed;
+# float weights deflate by about 1.1x, a zip bomb by 1,000x.
+MAX_EXPANSION = 64
+SMALL_STORAGE_BYTES = 64 * 1024 * 1024
 
 # Storage classes a pickle names as `torch.<Name>` -> the dtype of their elements.
 STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -76,3 +84,36 @@ def tensor_rebuilders(error: type[Exception]) -> dict[tuple[str, str], Callable[
         ("torch._utils", "_rebuild_parameter"): parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): parameter,
     }
+
+
+def read_zip_storage(zf: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int, error: type[Exception], *,
+                     max_expansion: int | None = None, small: int | None = None) -> bytearray:
+    """Exactly `nbytes` bytes of a zip entry, decompressed in 1 MiB steps into a buffer of that
+    size, checked before anything is allocated: the entry must declare `nbytes`, and a
+    compressed entry may not expand more than `max_expansion` times over its compressed
+    bytes unless it is at most `small` bytes (a zip bomb). A stream that runs longer or
+    shorter than declared is an error too, never a bigger buffer."""
+    max_expansion = MAX_EXPANSION if max_expansion is None else max_expansion
+    small = SMALL_STORAGE_BYTES if small is None else small
+    if info.file_size != nbytes:
+        raise error(f"storage {info.filename} holds {info.file_size} bytes, expected {nbytes}")
+    if info.compress_type != zipfile.ZIP_STORED and nbytes > max(small, max_expansion * info.compress_size):
+        raise error(f"storage {info.filename} would expand from {info.compress_size:,} compressed bytes to "
+                    f"{nbytes:,} (more than {max_expansion}x): a decompression bomb, not weights; refusing it")
+    import zlib
+
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    try:
+        with zf.open(info) as stream:
+            while got < nbytes:
+                n = stream.readinto(view[got:got + (1 << 20)])
+                if not n:
+                    raise error(f"storage {info.filename} ends after {got} of {nbytes} bytes")
+                got += n
+            if stream.read(1):
+                raise error(f"storage {info.filename} holds more than the {nbytes} bytes declared")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a CRC or stream that lies
+        raise error(f"corrupt storage {info.filename}: {type(e).__name__}: {e}") from e
+    return buf

@@ -40,6 +40,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from clipkit.errors import ClipkitError
+from clipkit import _pickle
 from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
 from clipkit.models.config import CLIPConfig, TextConfig, VisionConfig, available_models, get_config
 
@@ -257,29 +258,8 @@ def _collect_tensors(root: _ScriptObject) -> StateDict:
 # Bounds on what an archive may make us allocate, checked before allocating. The largest
 # registered architecture (RN50x64) has 623,669,128 weights: 2.49 GB in float32; no real
 # CLIP archive needs more than that (the released ones are float16, half of it).
+# A compressed storage is further bounded by clipkit._pickle.read_zip_storage (zip bombs).
 MAX_ARCHIVE_BYTES = 623_669_128 * 4 * 21 // 20  # +5% for non-weight tensors (attn_mask, ...)
-# Released archives store tensors uncompressed; a compressed (re-zipped) storage may
-# expand by at most this factor over the bytes it really occupies in the file, unless it
-# is small. Float weights deflate by about 1.1x; a zip bomb by 1,000x.
-MAX_EXPANSION = 64
-SMALL_STORAGE_BYTES = 64 * 1024 * 1024
-
-
-def _read_entry_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int) -> bytearray:
-    """Exactly `nbytes` bytes of a zip entry, decompressed in 1 MiB steps into a buffer of
-    that size: a stream that runs longer or shorter is an error, never a bigger buffer."""
-    buf = bytearray(nbytes)
-    view = memoryview(buf)
-    got = 0
-    with zf.open(info) as stream:
-        while got < nbytes:
-            n = stream.readinto(view[got:got + (1 << 20)])
-            if not n:
-                raise CheckpointError(f"storage {info.filename} ends after {got} of {nbytes} bytes")
-            got += n
-        if stream.read(1):
-            raise CheckpointError(f"storage {info.filename} holds more than the {nbytes} bytes declared")
-    return buf
 
 
 def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
@@ -329,17 +309,12 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
             offset = _zip_entry_offset(mm, info)
             if offset + info.compress_size > len(mm):
                 raise CheckpointError(f"storage {key} runs past the end of the file (truncated archive?)")
-            if info.compress_type != zipfile.ZIP_STORED and nbytes > max(
-                    SMALL_STORAGE_BYTES, MAX_EXPANSION * info.compress_size):
-                raise CheckpointError(
-                    f"storage {key} would expand from {info.compress_size:,} compressed bytes to {nbytes:,} "
-                    f"(more than {MAX_EXPANSION}x): a decompression bomb, not weights; refusing it")
             if info.compress_type == zipfile.ZIP_STORED and offset % itemsize == 0:
                 storage = torch.frombuffer(mm, dtype=dtype, count=numel, offset=offset) if numel else \
                     torch.empty(0, dtype=dtype)
-            else:  # compressed or misaligned: one copy, of exactly the declared size
-                storage = torch.frombuffer(_read_entry_bounded(zf, info, nbytes), dtype=dtype) if numel else \
-                    torch.empty(0, dtype=dtype)
+            else:  # compressed or misaligned: one copy, of exactly the declared size, bounded
+                raw = _pickle.read_zip_storage(zf, info, nbytes, CheckpointError)
+                storage = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
             storages[key] = storage
             return storage
 

@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or CHECKPOINT) with its saved settings; "
                         "flags given now override them")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress output (--no-progress: the older spelling)")
 
 
 def build_parser() -> argparse.ArgumentParser:

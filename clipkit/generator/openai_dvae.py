@@ -29,14 +29,21 @@ from typing import Any
 
 import torch
 
-from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
+from clipkit._pickle import StorageType, read_zip_storage, storage_type, tensor_rebuilders
+from clipkit.errors import ClipkitError
 from clipkit.generator.dvae import DVAE, DVAEConfig
 
 __all__ = ["PickleRefused", "read_pickled_state_dict", "convert_openai_dvae", "load_openai_dvae"]
 
 
-class PickleRefused(pickle.UnpicklingError):
-    """A pickle asked to call something the restricted reader does not run."""
+class PickleRefused(ClipkitError, pickle.UnpicklingError):
+    """A pickle asked to call something the restricted reader does not run, or its data do
+    not fit what it declares (a corrupt or hostile file)."""
+
+
+# Bound on what one file may make the reader allocate: the released encoder and decoder
+# hold about 54 and 44 million weights (float32: 216 and 176 MB); 16x that is ample.
+MAX_FILE_BYTES = 4 * 1024 ** 3
 
 
 # ---------------------------------------------------------------------------
@@ -140,15 +147,26 @@ def _read_zip(path: Path) -> Any:
             raise ValueError(f"{path}: a zip file without data.pkl is not a torch.save archive")
         prefix = pkl[: -len("data.pkl")]
 
-        def load_storage(key, dtype, numel):
-            raw = bytearray(zf.read(f"{prefix}data/{key}"))
-            t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-            t = t.view(dtype)
-            if t.numel() != numel:
-                raise ValueError(f"{path}: storage {key} holds {t.numel()} elements, the pickle says {numel}")
-            return t
+        total = [0]
 
-        return _RestrictedUnpickler(io.BytesIO(zf.read(pkl)), load_storage).load()
+        def load_storage(key, dtype, numel):
+            nbytes = numel * torch.empty((), dtype=dtype).element_size()
+            total[0] += nbytes
+            if total[0] > MAX_FILE_BYTES:
+                raise PickleRefused(f"its tensors would take more than {MAX_FILE_BYTES:,} bytes")
+            try:
+                info = zf.getinfo(f"{prefix}data/{key}")
+            except KeyError:
+                raise PickleRefused(f"the pickle refers to storage {key}, which the archive lacks") from None
+            raw = read_zip_storage(zf, info, nbytes, PickleRefused)  # bounded: exactly nbytes
+            t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+            return t.view(dtype)
+
+        info = zf.getinfo(pkl)
+        if info.file_size > MAX_FILE_BYTES:
+            raise PickleRefused(f"{pkl} declares {info.file_size:,} bytes")
+        return _RestrictedUnpickler(io.BytesIO(read_zip_storage(zf, info, info.file_size, PickleRefused)),
+                                    load_storage).load()
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -164,8 +182,14 @@ def _read_legacy(path: Path) -> Any:
         _RestrictedUnpickler(f, None).load()  # sys info
         storages: dict[str, torch.Tensor] = {}
 
+        left = os.fstat(f.fileno()).st_size  # the storages' bytes follow the pickles in the file
+        total = [0]
+
         def load_storage(key, dtype, numel):
             if key not in storages:
+                total[0] += numel * torch.empty((), dtype=dtype).element_size()
+                if total[0] > min(left, MAX_FILE_BYTES):  # checked before allocating
+                    raise PickleRefused(f"its storages would take {total[0]:,} bytes, more than the file holds")
                 storages[key] = torch.empty(numel, dtype=dtype)  # filled below
             return storages[key]
 
@@ -222,16 +246,18 @@ def read_pickled_state_dict(path: str | os.PathLike, *, trust_pickle: bool = Fal
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a module or a state dict")
     try:
         obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+        if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        out: dict[str, torch.Tensor] = {}
+        _flatten(obj, "", out)
+        return out
+    except RecursionError:
+        raise PickleRefused(f"{path}: nested too deeply to be a module's state; refusing it") from None
     except PickleRefused as e:
         raise PickleRefused(
             f"{path}: refused to unpickle: {e}. The restricted reader only rebuilds tensors and "
             "module state. If you trust this file (it can run arbitrary code), pass "
             "trust_pickle=True.") from None
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {str(k): v for k, v in obj.items()}
-    out: dict[str, torch.Tensor] = {}
-    _flatten(obj, "", out)
-    return out
 
 
 # ---------------------------------------------------------------------------
