@@ -133,16 +133,22 @@ def _dedupe_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def encode_prompts(model: nn.Module, prompts: Sequence[str], *, tokenizer=None, batch_size: int = 64,
-                   fast: bool = True, device: str | torch.device | None = None,
+                   fast: bool | str = True, device: str | torch.device | None = None,
                    progress: bool | None = None) -> torch.Tensor:
     """L2-normalised text embeddings (P, D), float32 on CPU, one row per prompt, in order.
 
-    ``fast=True`` (default): tokenise once at the model's context length, encode each
-    distinct token sequence once, longest first, each batch cut after its longest prompt.
-    ``fast=False``: every prompt at the full context length, in order, duplicates and
-    all - the references' way, kept as the test oracle and the benchmark baseline.
+    ``fast=True`` (default, ``"prefix"``): tokenise once at the model's context length and
+    encode each distinct shared prefix once (`clipkit.models.prefix`: the causal tower's
+    keys/values over "a photo of a" serve every prompt that starts so), each prompt's own
+    tokens batched by length; a model without a clipkit text tower falls back to
+    ``"length"``: each distinct token sequence once, longest first, each batch cut after
+    its longest prompt. ``fast=False``: every prompt at the full context length, in
+    order, duplicates and all - the references' way, kept as the test oracle and the
+    benchmark baseline. All three agree to float32 rounding.
     Prompts longer than the context are truncated by the tokenizer, with its warning.
     """
+    if fast not in (True, False, "prefix", "length"):
+        raise ValueError(f"fast must be True, False, 'prefix' or 'length', got {fast!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tokenizer is None:
@@ -152,6 +158,16 @@ def encode_prompts(model: nn.Module, prompts: Sequence[str], *, tokenizer=None, 
     device = _model_device(model) if device is None else torch.device(device)
     ctx = model.config.text.context_length
     ids = tokenizer(list(prompts), context_length=ctx)  # (P, ctx), zero padded
+    if fast in (True, "prefix") and len(ids):
+        from clipkit.models.prefix import encode_text_shared_prefix, supports_shared_prefix
+
+        if supports_shared_prefix(model) and device == _model_device(model):
+            from clipkit.utils import progress_bar
+
+            with progress_bar(len(ids), unit="prompt", desc="encoding prompts", progress=progress,
+                              min_items=8 * batch_size) as bar, _eval_mode(model):
+                emb = encode_text_shared_prefix(model, ids.to(device), progress=bar.update)
+            return F.normalize(emb.float(), dim=-1).cpu()
     if not fast:
         unique, inverse = ids, None
         order = torch.arange(len(ids))
@@ -181,7 +197,7 @@ def encode_prompts(model: nn.Module, prompts: Sequence[str], *, tokenizer=None, 
 
 
 def class_embeddings(model: nn.Module, classnames: Sequence[str], templates: Sequence[str], *,
-                     tokenizer=None, batch_size: int = 64, fast: bool = True,
+                     tokenizer=None, batch_size: int = 64, fast: bool | str = True,
                      device: str | torch.device | None = None, progress: bool | None = None) -> torch.Tensor:
     """Normalised embedding of every (class, template) prompt: (C, T, D), float32 on CPU."""
     prompts = [fill(t, c) for c in classnames for t in templates]  # class-major: row c*T + t

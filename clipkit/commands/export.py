@@ -8,7 +8,7 @@ import sys
 EPILOG = """\
 examples:
   clipkit export clipkit-synth --onnx synth-onnx/
-  clipkit export ViT-B/32 --onnx vit-b32/ --per-channel
+  clipkit export ViT-B/32 --onnx vit-b32/ --per-tensor
   clipkit export my_weights.safetensors --onnx out/ --towers image --no-int8
 
 Writes image.onnx and text.onnx (dynamic batch; the text graph also takes any length up
@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--towers", default="image,text", help="comma list of: image, text [image,text]")
     p.add_argument("--no-int8", action="store_true", help="write only the fp32 graphs")
-    p.add_argument("--per-channel", action="store_true",
-                   help="int8 weights with one scale per output channel (default: per tensor)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="int8 weights with one scale per tensor (default: per output channel)")
     p.add_argument("--json", action="store_true", help="print the export's JSON")
     p.set_defaults(func=run)
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         from clipkit.checkpoints import load
 
         model, _ = load(args.model)
-        manifest = export_onnx(model, args.onnx, quantize=not args.no_int8, per_channel=args.per_channel,
+        manifest = export_onnx(model, args.onnx, quantize=not args.no_int8, per_channel=not args.per_tensor,
                                towers=towers)
     except ImportError as e:
         print(f"clipkit export: {e}", file=sys.stderr)

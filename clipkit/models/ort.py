@@ -167,7 +167,7 @@ def _cache_root() -> Path:
         return fallback
 
 
-def onnx_inference(model: nn.Module, quantize: str = "int8", *, per_channel: bool = False,
+def onnx_inference(model: nn.Module, quantize: str = "int8", *, per_channel: bool = True,
                    threads: int | None = None, optimization: str = "all") -> OnnxCLIP:
     """An `OnnxCLIP` for a clipkit CLIP model: its towers exported once (fp32 and int8) into
     the cache folder, keyed by the weights' fingerprint, and loaded from there afterwards."""
@@ -179,7 +179,7 @@ def onnx_inference(model: nn.Module, quantize: str = "int8", *, per_channel: boo
     from clipkit.utils import weights_fingerprint
 
     root = _cache_root()
-    key = f"{weights_fingerprint(model)[:32]}-opset{OPSET}-f{EXPORT_FORMAT}" + ("-pc" if per_channel else "")
+    key = f"{weights_fingerprint(model)[:32]}-opset{OPSET}-f{EXPORT_FORMAT}" + ("" if per_channel else "-pt")
     folder = root / key
     try:
         read_manifest(folder)
