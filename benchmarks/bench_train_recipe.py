@@ -1,5 +1,5 @@
 """What a training step costs with the world and objective of a recipe: the classic run
-(the shipped model's) against issue 15's (robust digits, a relation-heavier mix, hard
+(the shipped model's) against the robust one (robust digits, a relation-heavier mix, hard
 negatives), on the shipped architecture. Used to size the next run to the time budget.
 
     python benchmarks/bench_train_recipe.py [--samples 512] [--steps 3] [--threads 2] \\
@@ -25,10 +25,10 @@ from clipkit.tokenizer import get_tokenizer
 from clipkit.train import ContrastiveModel, SynthPairs, TrainConfig, collate_pairs, make_optimizer, train_step
 from clipkit.transforms import image_transform
 
-ISSUE15_MIX = {"shape": 0.2, "count": 0.15, "relation": 0.25, "digit": 0.4}
+ROBUST_MIX = {"shape": 0.2, "count": 0.15, "relation": 0.25, "digit": 0.4}
 RECIPES = {  # name -> (SynthWorld keywords, hard negatives)
     "classic": ({}, False),
-    "robust digits + mix + hard negatives": ({"mix": ISSUE15_MIX, "digit_style": "robust"}, True),
+    "robust digits + mix + hard negatives": ({"mix": ROBUST_MIX, "digit_style": "robust"}, True),
 }
 
 
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     base = rows[0]
     if args.out:
         lines = [
-            "# Training cost per step: classic recipe vs issue 15's",
+            "# Training cost per step: classic recipe vs the robust one",
             "",
             f"Command: `python benchmarks/bench_train_recipe.py --samples {args.samples} --steps {args.steps} "
             f"--threads {args.threads} --out {args.out}`",

@@ -12,11 +12,11 @@ synthetic world transfers to, in the paper's terms.
   each image scored against its own four candidate captions;
 - rendered digits from the validation world (classic, and the robust style of
   `clipkit.data.digit_styles`);
-- robustness (issue 15): the same 5,000 MNIST digits inverted, cropped to their ink and
+- robustness: the same 5,000 MNIST digits inverted, cropped to their ink and
   stretched to fill the frame (and, apart, enlarged with their aspect kept), reduced to
   8 x 8 and enlarged back, shifted by 4 pixels,
   with strokes a pixel thicker or thinner, with Gaussian noise (sigma 0.1); next to the
-  targets of the issue, and to a baseline report (`--baseline`) if given. These images are
+  robustness targets, and to a baseline report (`--baseline`) if given. These images are
   for evaluation only: no training run and no model selection may use them.
 
     OMP_NUM_THREADS=1 python benchmarks/eval_shipped.py runs/synth/model.safetensors --log runs/synth/log.jsonl \
@@ -65,7 +65,7 @@ def _inverted(x: np.ndarray, seed: int) -> np.ndarray:
 def _crop_stretch(x: np.ndarray, seed: int) -> np.ndarray:
     """Cropped to the ink's bounding box (pixels > 0) and resized (bicubic) to the full
     28 x 28 frame, each axis on its own: no margin at all (a '1' becomes as wide as tall).
-    The variation of issue 15 (its 63.7% for the shipped model is this one)."""
+    The variation the robustness targets were set on (63.7% for the shipped model)."""
     from PIL import Image
 
     out = np.zeros_like(x)
@@ -144,7 +144,7 @@ MNIST_VARIATIONS = {
     "Gaussian noise sigma 0.1": _noisy,
 }
 
-# The targets of issue 15 (zero-shot top-1), by row of the robustness table.
+# The robustness targets (zero-shot top-1), by row of the robustness table.
 TARGETS = {"as it is": 0.90, **{name: 0.85 for name in MNIST_VARIATIONS if "aspect kept" not in name},
            "relation": 0.90, "count": 0.95,
            "heldout": 0.97, "synth_digits": 0.99}
@@ -349,7 +349,7 @@ def _training_summary(log_path: Path) -> dict:
 
 
 def robustness_rows(results: dict) -> list[tuple[str, int | str, float | None, float, float | None]]:
-    """The robustness table of issue 15: (row, images, single-template top-1 or None,
+    """The robustness table: (row, images, single-template top-1 or None,
     ensemble top-1, target or None). Reports written before the MNIST variations existed
     give only the rows they have."""
     rows = []
@@ -426,7 +426,7 @@ def markdown(results: dict, model_desc: str, training: dict | None, baseline: di
         f"{pct(cs['heldout']['ensemble']['colour_correct'])}%, shape right "
         f"{pct(cs['heldout']['ensemble']['shape_correct'])}%, top-5 {pct(cs['heldout']['ensemble']['acc5'])}%.",
         "",
-        "## Robustness: real digits however they are framed, relations, counting (issue 15)",
+        "## Robustness: real digits however they are framed, relations, counting",
         "",
         "The same 5,000 MNIST digits varied (`MNIST_VARIATIONS` in `benchmarks/eval_shipped.py`; evaluation only,",
         "never used for training or model selection); relations and counting score each image against its own",

@@ -1,6 +1,6 @@
 """Hard negatives (NegCLIP): the counterfactual scenes of the synthetic world, the batch
 that carries them, the loss that contrasts them (against a hand-written computation), and
-a short end-to-end run of the issue-15 recipe (robust digits + hard negatives).
+a short end-to-end run of the robust recipe (robust digits + hard negatives).
 The two-rank version of the loss is in tests/test_train_distributed.py."""
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_loss_contrasts_every_image_with_every_caption_negatives_included():
 
 
 # ---------------------------------------------------------------------------
-# End to end: the issue-15 recipe on a tiny model
+# End to end: the robust recipe on a tiny model
 # ---------------------------------------------------------------------------
 
 
