@@ -489,9 +489,9 @@ def load_checkpoint(path: str | Path) -> dict:
 def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[str, float]:
     """Zero-shot top-1 on the synthetic validation world (never the held-out pairs):
     colour x shape of single-object scenes among all 81 colour x shape names, and
-    rendered digits 0-9, each with its template ensemble. A robust-digit run also reads
-    robust-style digits (`digits_robust`); a hard-negative run, spatial relations, each
-    image against its four candidate captions (`relation`)."""
+    rendered digits 0-9, each with its template ensemble; spatial relations, each image
+    against its four candidate captions (`relation`, so runs with and without hard
+    negatives compare); a robust-digit run also reads robust-style digits (`digits_robust`)."""
     from clipkit.data import synth
     from clipkit.zeroshot import build_head, encode_prompts
 
@@ -505,8 +505,7 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
     if cfg.digit_style != "classic":
         sets["digits_robust"] = synth.digit_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size,
                                                      split="val", style="robust")
-    relations = (synth.relation_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size, split="val")
-                 if cfg.hard_negatives else None)
+    relations = synth.relation_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size, split="val")
     results = {}
     was_training = clip.training
     clip.eval()
@@ -522,7 +521,7 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
                     pred = head(clip.encode_image(x)).argmax(-1).cpu()
                     correct += int((pred == torch.tensor(eval_set.labels[start:start + 100])).sum())
                 results[name] = correct / len(eval_set)
-            if relations is not None:
+            if len(relations):
                 x = torch.stack([preprocess(im) for im in relations.images]).to(device)
                 image = F.normalize(clip.encode_image(x).float(), dim=-1).cpu()  # (N, D)
                 flat = [c for row in relations.candidates for c in row]  # N x 4 captions, row-major
