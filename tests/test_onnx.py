@@ -212,3 +212,15 @@ def test_backend_arguments_are_checked():
         fast_inference(model, quantize="int8")  # the torch backend has no int8 path
     with pytest.raises(ValueError, match="quantize"):
         fast_inference(model, backend="onnxruntime", quantize="int4")
+
+
+def test_a_model_made_under_inference_mode_exports(tmp_path):
+    with torch.inference_mode():
+        torch.manual_seed(5)
+        model = create_model("tiny-vit").eval()
+        manifest = export_onnx(model, tmp_path, towers=("image",), quantize=False)
+    assert manifest["weights_fingerprint"] == weights_fingerprint(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(OnnxCLIP(tmp_path, "fp32").encode_image(x), model.encode_image(x),
+                                   atol=1e-4, rtol=1e-4)
