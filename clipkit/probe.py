@@ -11,6 +11,7 @@ log space, so the same grid serves for ``C``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,13 +50,14 @@ def extract_features(model: nn.Module, X, *, preprocess: Callable | None = None,
     """
     path = None
     if cache_key is not None and _cache_enabled(cache):
-        from clipkit.utils import cache_dir, weights_fingerprint
+        from clipkit.utils import usable_cache_dir, weights_fingerprint
 
         parts = {"format": FEATURES_FORMAT_VERSION, "weights": weights_fingerprint(model), "data": cache_key,
                  "skip_unreadable": bool(skip_unreadable)}
         key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-        path = cache_dir("features") / f"{key}.pt"
-        cached = _read_features(path)
+        folder = usable_cache_dir("features")  # None (one warning) when it cannot be used
+        path = folder / f"{key}.pt" if folder is not None else None
+        cached = _read_features(path) if path is not None else None
         if cached is not None:
             return cached
     enc = encode_images(model, X, preprocess=preprocess, batch_size=batch_size, device=device,
@@ -70,8 +72,14 @@ def _read_features(path) -> EncodedImages | None:
         d = torch.load(path, map_location="cpu", weights_only=True)
         return EncodedImages(d["features"], list(d["indices"]), d["labels"],
                              [tuple(s) for s in d["skipped"]])
-    except (OSError, RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError):
-        return None  # absent or unreadable: recompute
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a corrupt entry of any kind: say so, recompute
+        from clipkit.utils import warn_cache
+
+        warn_cache(f"ignoring the unreadable feature cache entry {path} ({type(e).__name__}); recomputing it",
+                   key=str(path))
+        return None
 
 
 def _write_features(path, enc: EncodedImages) -> None:
@@ -88,8 +96,13 @@ def _write_features(path, enc: EncodedImages) -> None:
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"could not write the feature cache {path}: {e}", RuntimeWarning, stacklevel=3)
+    except Exception as e:  # noqa: BLE001 - a full or read-only cache must not stop the probe
+        from clipkit.utils import warn_cache
+
+        warn_cache(f"could not write the feature cache {path} ({type(e).__name__}: {e}); going on without it",
+                   key="probe-cache-write")
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------

@@ -1,8 +1,27 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the tiny architectures every test builds (registered here, not in
+the public registry: they have no weights and no use outside the tests)."""
 from __future__ import annotations
 
 import pytest
 import torch
+
+from clipkit.models.config import CLIPConfig, TextConfig, VisionConfig, register_config
+
+# Every code path of both tower families, a few thousand parameters.
+TINY_CONFIGS = {
+    "tiny-vit": CLIPConfig(
+        embed_dim=32,
+        vision=VisionConfig(image_size=32, width=64, layers=2, heads=2, patch_size=8),
+        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
+    ),
+    "tiny-rn": CLIPConfig(
+        embed_dim=32,
+        vision=VisionConfig(image_size=64, width=8, layers=(1, 1, 1, 1), heads=4, patch_size=None),
+        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
+    ),
+}
+for _name, _config in TINY_CONFIGS.items():
+    register_config(_name, _config)
 
 
 @pytest.fixture

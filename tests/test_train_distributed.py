@@ -4,6 +4,7 @@ batch (features gathered with gradients, DDP averaging)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from clipkit.models import create_model, get_config
+from tests.conftest import TINY_CONFIGS
 from clipkit.train import (
     ContrastiveModel, TrainConfig, forward_loss, make_optimizer, make_scheduler, train_step,
 )
@@ -30,7 +32,7 @@ VOCAB = 1000  # a small token table: Adam's update of the full 49,408 rows would
 
 def _model():
     torch.manual_seed(0)
-    config = get_config("tiny-vit")
+    config = TINY_CONFIGS["tiny-vit"]  # spawned workers do not run conftest.py: no registry lookup
     return create_model(dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=VOCAB)))
 
 
@@ -141,7 +143,9 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
     from clipkit.train import train
 
-    args = ["--config", "tiny-vit", "--steps", "2", "--batch-size", "8", "--lr", "1e-4",
+    config_file = tmp_path / "tiny-vit.json"  # the subprocesses do not see the tests' registry
+    config_file.write_text(json.dumps(get_config("tiny-vit").to_dict()))
+    args = ["--config", str(config_file), "--steps", "2", "--batch-size", "8", "--lr", "1e-4",
             "--warmup", "1", "--eval-size", "0", "--log-every", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

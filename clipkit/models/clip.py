@@ -378,7 +378,7 @@ def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def create_model(name_or_config: str | CLIPConfig, **overrides) -> CLIP:
-    """A randomly initialised CLIP from a registered name ("ViT-B/32", "tiny-vit", ...) or a config.
+    """A randomly initialised CLIP from a registered name ("ViT-B/32", "clipkit-synth", ...) or a config.
 
     `overrides` replace top-level `CLIPConfig` fields (e.g. `quick_gelu=False`); overrides
     that are None are ignored. Weights: `clipkit.load` / `clipkit.checkpoints`.

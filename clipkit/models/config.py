@@ -1,8 +1,8 @@
 """Architectures as data: small typed configs and a registry of named models.
 
-The nine OpenAI architectures (shapes from the CLIP paper / released checkpoints),
-the project's own small models, and tiny configs used by the tests. The registry
-also feeds the CLI's `--model` choices.
+The nine OpenAI architectures (shapes from the CLIP paper / released checkpoints) and
+the project's own shipped model. The registry also feeds the CLI's `--model` choices;
+the tests register their tiny configs themselves (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -109,17 +109,6 @@ _REGISTRY: dict[str, CLIPConfig] = {
         embed_dim=128,
         vision=VisionConfig(image_size=64, width=192, layers=4, heads=3, patch_size=8),
         text=TextConfig(context_length=32, width=192, heads=3, layers=4),
-    ),
-    # Tiny configs for tests: every code path, a few thousand parameters.
-    "tiny-vit": CLIPConfig(
-        embed_dim=32,
-        vision=VisionConfig(image_size=32, width=64, layers=2, heads=2, patch_size=8),
-        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
-    ),
-    "tiny-rn": CLIPConfig(
-        embed_dim=32,
-        vision=VisionConfig(image_size=64, width=8, layers=(1, 1, 1, 1), heads=4, patch_size=None),
-        text=TextConfig(context_length=77, width=64, heads=2, layers=2),
     ),
 }
 
