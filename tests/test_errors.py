@@ -326,8 +326,10 @@ def test_zip_bomb_storage_refused_before_allocating(tmp_path, monkeypatch):
 
 
 def test_archive_larger_than_any_clip_is_refused(tmp_path, monkeypatch):
+    from clipkit.checkpoints import torchscript
+
     src = _scripted(tmp_path, torch.randn(1000))
-    monkeypatch.setattr(ck, "MAX_ARCHIVE_BYTES", 3999)
+    monkeypatch.setattr(torchscript, "MAX_ARCHIVE_BYTES", 3999)
     with pytest.raises(ck.CheckpointError, match="more than 3,999 bytes.*RN50x64"):
         ck.read_torchscript_archive(src)
     with pytest.raises(ck.CheckpointError, match=str(src)):
@@ -343,7 +345,9 @@ def test_archive_cap_covers_the_largest_architecture():
         with torch.device("meta"), _SkipInit():
             model = create_model(name)
         largest = max(largest, sum(t.numel() * 4 for t in model.state_dict().values()))
-    assert largest <= ck.MAX_ARCHIVE_BYTES < 1.1 * largest
+    from clipkit.checkpoints.torchscript import MAX_ARCHIVE_BYTES
+
+    assert largest <= MAX_ARCHIVE_BYTES < 1.1 * largest
 
 
 def test_stream_longer_or_shorter_than_declared_is_refused(tmp_path):
