@@ -34,17 +34,27 @@ def fresh_model(seed=0):
 
 
 class TextCalls:
-    """Wraps model.encode_text and records the ids of every call."""
+    """Wraps model.encode_text, and the shared-prefix encoder heads use by default
+    (`clipkit.models.prefix`), and records the ids of every call on `model`."""
 
     def __init__(self, model, monkeypatch):
+        from clipkit.models import prefix
+
         self.calls: list[torch.Tensor] = []
         original = model.encode_text
+        original_prefix = prefix.encode_text_shared_prefix
 
         def wrapped(ids, *args, **kwargs):
             self.calls.append(ids.clone())
             return original(ids, *args, **kwargs)
 
+        def wrapped_prefix(m, ids, *args, **kwargs):
+            if m is model:
+                self.calls.append(ids.clone())
+            return original_prefix(m, ids, *args, **kwargs)
+
         monkeypatch.setattr(model, "encode_text", wrapped)
+        monkeypatch.setattr(prefix, "encode_text_shared_prefix", wrapped_prefix)
 
     @property
     def rows(self) -> int:
@@ -93,7 +103,7 @@ def test_duplicate_prompts_encoded_once_in_tight_sorted_batches(tiny, monkeypatc
     # 3 classes x 4 templates = 12 prompts; "a {}." twice and "A {}." (same tokens after
     # lower-casing) make 3 templates give one token sequence per class: 3 x 2 = 6 distinct
     templates = ["a {}.", "a {}.", "A {}.", "a blurry photo of a {}."]
-    build_head(tiny, ["cat", "dog", "hot air balloon"], templates, cache=False, batch_size=4)
+    build_head(tiny, ["cat", "dog", "hot air balloon"], templates, cache=False, batch_size=4, fast="length")
     assert calls.rows == 6
     lengths = []
     for ids in calls.calls:
