@@ -32,3 +32,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty cache folder (never the user's ~/.cache/clipkit), with
+    caching on unless the test turns it off."""
+    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CLIPKIT_NO_CACHE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """A saved tiny-vit (safetensors, config in the metadata): loadable by path from the CLI
+    and from subprocesses, which do not see the tests' registry."""
+    from clipkit.checkpoints import save
+    from clipkit.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save(create_model("tiny-vit"), path)
+    return str(path)

@@ -3,7 +3,6 @@ open_clip state dicts, Hugging Face folders (parity with transformers), safetens
 architecture inference for the nine OpenAI models, and the errors users see."""
 from __future__ import annotations
 
-import io
 import pickle
 import warnings
 import zipfile
@@ -19,11 +18,6 @@ from clipkit.models import CLIPConfig, TextConfig, VisionConfig, create_model, g
 from clipkit.models.config import OPENAI_MODELS
 
 EXTRAS = ("input_resolution", "context_length", "vocab_size")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _inputs(config: CLIPConfig, seed: int = 0):
@@ -311,7 +305,6 @@ def test_hugging_face_folder_matches_transformers(tmp_path, hf_model, weights, h
     folder = tmp_path / "hf"
     hf.save_pretrained(folder, safe_serialization=weights == "safetensors")
     if weights == "bin":  # transformers 5 always writes safetensors: make the legacy layout by hand
-        from safetensors.torch import load_file
         (folder / "model.safetensors").unlink(missing_ok=True)
         sd = {k: v for k, v in hf.state_dict().items()}
         torch.save(sd, folder / "pytorch_model.bin")

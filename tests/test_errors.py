@@ -21,18 +21,10 @@ from clipkit.models import create_model
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CLIPKIT_NO_CACHE", raising=False)
+def _in_tmp(tmp_path, monkeypatch):
+    """Relative paths (outputs, the cache) land in the test's own folder (conftest.py sets
+    the cache there too)."""
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    clipkit.save(create_model("tiny-vit"), path)
-    return str(path)
 
 
 def _images(folder: Path, n: int, seed: int = 0) -> list[str]:

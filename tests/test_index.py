@@ -18,22 +18,6 @@ from clipkit.index import BadIndexError, Index, image_files
 from clipkit.search import ann_index, default_nprobe, recall_at_k, recommended_factory, topk_exact
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from clipkit.checkpoints import save
-    from clipkit.models import create_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save(create_model("tiny-vit"), path)
-    return str(path)
-
-
 def _render(n: int, seed: int = 0) -> list[Image.Image]:
     from clipkit.data.synth import colour_shape_eval_set
 

@@ -9,12 +9,6 @@ from clipkit.models import create_model
 from clipkit.probe import PAPER_COARSE_CS, _stratified_split, extract_features, linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CLIPKIT_NO_CACHE", raising=False)
-
-
 def blobs(n_per_class, seed, dim=16, classes=3, spread=0.35):
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).normal(size=(classes, dim))

@@ -39,20 +39,11 @@ DIGIT_STYLES = ("classic", "robust")  # clipkit.data.synth.DIGIT_STYLES (not imp
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """'shape=0.2,count=0.15,relation=0.25,digit=0.4' -> {kind: weight}."""
-    from clipkit.data.synth import check_mix
+    """'shape=0.2,count=0.15,relation=0.25,digit=0.4' -> {kind: weight} (`clipkit.data.synth.parse_mix` as an argparse type)."""
+    from clipkit.data import synth
 
-    mix = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            mix[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT (e.g. relation=0.25)") from None
     try:
-        return check_mix(mix)
+        return synth.parse_mix(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

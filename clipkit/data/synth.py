@@ -203,6 +203,21 @@ def check_mix(mix: dict[str, float]) -> dict[str, float]:
     return dict(mix)
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """"shape=0.4, digit=0.3" -> {"shape": 0.4, "digit": 0.3} (unnamed kinds get weight 0),
+    checked by `check_mix`; ValueError for anything else."""
+    mix = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            mix[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"expected KIND=WEIGHT[,KIND=WEIGHT...] (e.g. relation=0.25), got {text!r}") from None
+    return check_mix(mix)
+
+
 def classnames_colour_shape(pairs: Sequence[tuple[str, str]] | None = None) -> list[str]:
     """'red circle', 'red square', ... over every colour x shape (or the given pairs)."""
     pairs = all_pairs() if pairs is None else pairs

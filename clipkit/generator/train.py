@@ -388,20 +388,11 @@ def _synth(image_size: int, split: str = "train", mix: dict[str, float] | None =
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """"shape=0.4,digit=0.3" -> {"shape": 0.4, "digit": 0.3} (unnamed kinds get weight 0)."""
-    from clipkit.data.synth import check_mix
+    """"shape=0.4,digit=0.3" -> {"shape": 0.4, "digit": 0.3} (`clipkit.data.synth.parse_mix` as an argparse type)."""
+    from clipkit.data import synth
 
-    mix = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            mix[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected kind=weight[,kind=weight...], got {text!r}") from None
     try:
-        return check_mix(mix)
+        return synth.parse_mix(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
