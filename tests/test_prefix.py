@@ -122,3 +122,15 @@ def test_models_without_a_clipkit_text_tower_fall_back_to_whole_prompts():
         encode_text_shared_prefix(wrapped, clipkit.tokenize(PROMPTS))
     with pytest.raises(ValueError, match="fast must be"):
         encode_prompts(model, PROMPTS, fast="quick")
+
+
+def test_keys_values_are_the_ones_the_block_attends_with():
+    torch.manual_seed(5)
+    block = ResidualAttentionBlock(16, 2).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.inference_mode():
+        seen = PrefixKV(x.new_empty(3, 2, 0, 8), x.new_empty(3, 2, 0, 8))
+        block(x, attn_mask=torch.ones(5, 5, dtype=torch.bool).tril(), cache=seen)
+        k, v = block.keys_values(x)
+    torch.testing.assert_close(k, seen.new_k)
+    torch.testing.assert_close(v, seen.new_v)

@@ -144,6 +144,15 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(y)
 
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values `forward` would compute for x (B, T, C), without queries or
+        output: 2/3 of the qkv projection, for positions that are only attended to."""
+        B, T, C = x.shape
+        bias = None if self.in_proj_bias is None else self.in_proj_bias[C:]
+        kv = F.linear(x, self.in_proj_weight[C:], bias)  # (B, T, 2C)
+        k, v = kv.view(B, T, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, nh, T, hs)
+        return k, v
+
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
@@ -194,6 +203,11 @@ class ResidualAttentionBlock(nn.Module):
                 is_causal: bool = False, cache: KVCache | PrefixKV | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache)
         return x + self.mlp(self.ln_2(x))
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This block's attention keys/values for inputs x (B, T, C): what later positions
+        attend to when x's own outputs are not needed (the last layer of a text tower)."""
+        return self.attn.keys_values(self.ln_1(x))
 
 
 class Transformer(nn.Module):
