@@ -326,7 +326,7 @@ def _run(ctx, dataset, root, split, task, model, templates, batch_size, workers,
     from clipkit.data.datasets import open_dataset
     from clipkit.models.fast import fast_model
     from clipkit.utils import weights_fingerprint
-    from clipkit.zeroshot import resolve_model
+    from clipkit.encode import resolve_model
 
     t_start = time.perf_counter()
     data = open_dataset(dataset, root, split)  # fails at once on a bad root or layout
@@ -417,7 +417,7 @@ def _model_name(model, clip) -> str:
     if isinstance(model, (str, Path)):
         return str(model)
     if model is None:
-        from clipkit.zeroshot import DEFAULT_MODEL
+        from clipkit.encode import DEFAULT_MODEL
 
         return f"{DEFAULT_MODEL} (default)"
     return getattr(clip, "name", None) or type(clip).__name__

@@ -16,7 +16,7 @@ On disk, an index is a folder:
 
 A rerun embeds only new or changed files (by size and mtime), drops deleted ones (their
 shards are rewritten without them) and keeps the rest. Images go through the one image
-path, `clipkit.zeroshot.encode_images`. Under ``torchrun`` the chunks are dealt over the
+path, `clipkit.encode.encode_images`. Under ``torchrun`` the chunks are dealt over the
 ranks with `clipkit.distributed` (as `bench` does); a chunk is always encoded as one unit, batched the
 same way, so 2 processes write the same shards as 1.
 """
@@ -112,7 +112,7 @@ def _write_shard(path: Path, embeddings: torch.Tensor, entries: list, skipped: l
 def _model_label(model) -> str | None:
     """What the manifest calls the model: its name or path; None for an in-memory module."""
     if model is None:
-        from clipkit.zeroshot import DEFAULT_MODEL
+        from clipkit.encode import DEFAULT_MODEL
 
         return DEFAULT_MODEL
     if isinstance(model, tuple):
@@ -210,7 +210,7 @@ class Index:
         if model is None and self._model is not None:
             return self._model
         from clipkit.utils import weights_fingerprint
-        from clipkit.zeroshot import resolve_model
+        from clipkit.encode import resolve_model
 
         if model is None and self.model_name is None:
             raise BadIndexError(f"the index {self.path} does not name its model (built from a module): pass model=")
@@ -227,7 +227,8 @@ class Index:
         """The normalised query embedding (D,) of a text or an image (path or PIL image)."""
         if (text is None) == (image is None):
             raise ValueError("give a text query or an image query (exactly one)")
-        from clipkit.zeroshot import encode_images, encode_prompts
+        from clipkit.encode import encode_images
+        from clipkit.zeroshot import encode_prompts
 
         clip, preprocess = self.model(model)
         if text is not None:
@@ -341,7 +342,7 @@ class Index:
         import torch.distributed as dist
 
         from clipkit.utils import weights_fingerprint
-        from clipkit.zeroshot import resolve_model
+        from clipkit.encode import resolve_model
 
         clip, preprocess = resolve_model(model, device=device)
         clip.eval()
@@ -424,7 +425,7 @@ def _previous(out: Path, root: Path, fp: str, rebuild: bool) -> dict | None:
 @torch.inference_mode()
 def _encode_chunk(clip, preprocess, root: Path, files: list, path: Path, fp: str, batch_size: int,
                   device: str) -> None:
-    from clipkit.zeroshot import encode_images
+    from clipkit.encode import encode_images
 
     enc = encode_images(clip, [str(root / f[0]) for f in files], preprocess=preprocess, batch_size=batch_size,
                         device=device, skip_unreadable=True, progress=False)

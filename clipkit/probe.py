@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipkit.zeroshot import EncodedImages, _cache_enabled, encode_images
+from clipkit.encode import EncodedImages, _cache_enabled, encode_images
 
 __all__ = ["extract_features", "linear_probe", "ProbeResult", "PAPER_COARSE_CS", "FEATURES_FORMAT_VERSION"]
 
@@ -43,7 +43,7 @@ def extract_features(model: nn.Module, X, *, preprocess: Callable | None = None,
                      progress: bool | None = None) -> EncodedImages:
     """Normalised image embeddings (and labels, for ``(image, label)`` items) of `X`.
 
-    Accepts what :func:`clipkit.zeroshot.encode_images` accepts. With `cache_key` (a string
+    Accepts what :func:`clipkit.encode.encode_images` accepts. With `cache_key` (a string
     that identifies the data *and its preprocessing*, e.g. a dataset's file hash), the
     result is cached on disk under ``$CLIPKIT_CACHE/features``, keyed by it and the
     model's weights; ``cache=False`` or ``CLIPKIT_NO_CACHE=1`` turns that off.

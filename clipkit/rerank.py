@@ -41,7 +41,7 @@ class Reranker:
     def __init__(self, model=None, preprocess: Callable | None = None, *, device: str = "cpu",
                  batch_size: int = 64, tokenizer=None, fast: str | None = None):
         from clipkit.models.fast import fast_model
-        from clipkit.zeroshot import resolve_model
+        from clipkit.encode import resolve_model
 
         model, loaded = resolve_model(model, device=device)  # also unpacks a (model, preprocess) pair
         self.model, self.preprocess = model.eval(), preprocess or loaded
@@ -59,11 +59,11 @@ class Reranker:
     def encode_images(self, images: Sequence[Any] | torch.Tensor, *, skip_unreadable: bool = False):
         """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor.
 
-        With ``skip_unreadable=True`` returns the :class:`~clipkit.zeroshot.EncodedImages`
+        With ``skip_unreadable=True`` returns the :class:`~clipkit.encode.EncodedImages`
         (rows of the readable items, their positions, the skipped files and why) instead
         of raising on the first unreadable file.
         """
-        from clipkit.zeroshot import encode_images
+        from clipkit.encode import encode_images
 
         if not isinstance(images, torch.Tensor):
             images = list(images)

@@ -214,7 +214,7 @@ def sensitivity_report(inputs, classnames=None, templates=None, model=None, *, o
     """
     from clipkit.probe import extract_features
     from clipkit.templates import default_templates_for
-    from clipkit.zeroshot import resolve_model
+    from clipkit.encode import resolve_model
 
     clip, preprocess = resolve_model(model, device)
     paths, labels, folder_classes = _labelled_files(inputs)

@@ -199,8 +199,11 @@ def test_head_bad_inputs(tiny):
 def test_imagenet_head_accepts_the_official_duplicates(tiny, monkeypatch):
     # The official list repeats 'missile' and 'sunglasses' (kept for parity with the
     # paper's numbers). Encoding is stubbed out to stay fast: this is about the name check.
-    names = zeroshot.load_classnames("imagenet")
-    monkeypatch.setattr(zeroshot, "class_embeddings",
+    from clipkit.templates import load_classnames
+    from clipkit.zeroshot import head as head_module
+
+    names = load_classnames("imagenet")
+    monkeypatch.setattr(head_module, "class_embeddings",
                         lambda model, n, t, **kw: torch.randn(len(n), len(t), tiny.config.embed_dim))
     head = build_head(tiny, "imagenet", "simple", cache=False)
     assert head.weight.shape[0] == 1000 and head.classnames == names
@@ -310,7 +313,9 @@ def test_bad_tensors_and_arrays_are_rejected_with_the_expected_shape(tiny):
 
 
 def test_model_resolution_and_default(tiny, monkeypatch):
-    monkeypatch.setattr(zeroshot, "DEFAULT_MODEL", None)
+    from clipkit import encode
+
+    monkeypatch.setattr(encode, "DEFAULT_MODEL", None)
     with pytest.raises(ValueError, match=r"no model given.*model='ViT-B/32'.*checkpoint path"):
         zero_shot(CLASSES)
     with pytest.raises(TypeError, match="model must be a CLIP module"):

@@ -142,7 +142,7 @@ class Backend:
 
     def clip(self):
         if self._clip is None:
-            from clipkit.zeroshot import resolve_model
+            from clipkit.encode import resolve_model
 
             self._clip = resolve_model(self.model_spec, device=self.device)
         return self._clip
