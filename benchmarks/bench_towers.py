@@ -163,7 +163,8 @@ def build(args) -> list[tuple[str, str, str, object, torch.Tensor]]:
         ck = create_model("ViT-B/32").eval()
         ck.load_state_dict(hf_to_openai(hf.state_dict(), hf_cfg), strict=True)
         rows.append(("ViT-B/32", "clipkit", "fp32", ck.encode_image, images))
-        rows.append(("ViT-B/32", "HF `CLIPModel.get_image_features` (sdpa)", "fp32", hf_image_fn(hf), images))
+        if not args.no_hf:
+            rows.append(("ViT-B/32", "HF `CLIPModel.get_image_features` (sdpa)", "fp32", hf_image_fn(hf), images))
         if args.open_clip:
             oc = open_clip_model("ViT-B-32", ck.state_dict())
             rows.append(("ViT-B/32", "open_clip", "fp32", oc.encode_image, images))
@@ -252,6 +253,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     ap.add_argument("--models", default="vit,rn", help="comma list of: vit, rn")
     ap.add_argument("--open-clip", action="store_true", help="also time open_clip (oracle venv only)")
+    ap.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face row (its weights still seed "
+                                                         "the others)")
     ap.add_argument("--bf16", action="store_true", help="also time clipkit with bfloat16 weights")
     ap.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend (fp32, int8)")
     ap.add_argument("--onnx-variants", action="store_true",
