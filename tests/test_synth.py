@@ -324,7 +324,9 @@ def test_heldout_split_renders_only_heldout_pairs():
 
 
 def test_font_fallback_when_no_font_file_is_found(monkeypatch):
-    monkeypatch.setattr(synth, "discover_fonts", lambda dirs=None: [])
+    from clipkit.data.synth import world
+
+    monkeypatch.setattr(world, "discover_fonts", lambda dirs=None: [])
     world = SynthWorld(seed=0, mix={"digit": 1.0}, hand_share=0.0)
     assert world.fonts == ((synth.PILLOW_DEFAULT_FONT, "Pillow default"),)
     for i in range(20):

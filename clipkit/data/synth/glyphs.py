@@ -1,0 +1,164 @@
+"""Digit glyph masks: from font files, and procedural pen strokes (Catmull-Rom splines)."""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clipkit.data.synth.fonts import _load_font
+
+
+# ---------------------------------------------------------------------------
+# Digits: glyph masks from fonts, and procedural pen strokes
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Glyph:
+    mask: np.ndarray  # (H, W) float32 in [0, 1]
+    anchor: tuple[float, float]  # centre of the ink bbox, mask px
+    height: float  # ink height, mask px
+    mass_centre: tuple[float, float]  # centre of mass of the ink, mask px
+
+
+_GLYPHS: dict[tuple, _Glyph] = {}
+
+
+def _font_glyph(path: str, digit: int, stroke: int, n: int) -> _Glyph:
+    """The digit drawn at em size n with Pillow's stroke, cropped; cached per process."""
+    key = (path, digit, stroke, n)
+    glyph = _GLYPHS.get(key)
+    if glyph is None:
+        font = _load_font(path, n)
+        im = Image.new("L", (2 * n, 2 * n), 0)
+        ImageDraw.Draw(im).text((n // 2, n // 3), str(digit), fill=255, font=font,
+                                stroke_width=stroke, stroke_fill=255)
+        glyph = _crop_glyph(np.asarray(im, np.float32) / 255.0)
+        if len(_GLYPHS) < 20000:
+            _GLYPHS[key] = glyph
+    return glyph
+
+
+@functools.lru_cache(maxsize=256)
+def _font_weight(path: str, n: int) -> float:
+    """Mean stroke width of the face's digits at em size n, in px: twice the ink area
+    over the outline length (a long thin band of width w has area ~ w * perimeter / 2)."""
+    widths = []
+    for d in range(10):
+        ink = _font_glyph(path, d, 0, n).mask > 0.5
+        edges = (ink[:, 1:] != ink[:, :-1]).sum() + (ink[1:] != ink[:-1]).sum()
+        widths.append(2 * ink.sum() / max(edges, 1))
+    return float(np.mean(widths))
+
+
+def _crop_glyph(a: np.ndarray) -> _Glyph:
+    ys, xs = np.nonzero(a > 0.1)
+    if len(ys) == 0:  # nothing drawn: a blank glyph, still a valid image
+        return _Glyph(np.zeros((4, 4), np.float32), (2.0, 2.0), 4.0, (2.0, 2.0))
+    y0, y1, x0, x1 = max(ys.min() - 2, 0), ys.max() + 3, max(xs.min() - 2, 0), xs.max() + 3
+    crop = np.ascontiguousarray(a[y0:y1, x0:x1])
+    anchor = ((xs.min() + xs.max() + 1) / 2 - x0, (ys.min() + ys.max() + 1) / 2 - y0)
+    mass = crop.sum()
+    mass_centre = (float((crop.sum(0) * (np.arange(crop.shape[1]) + 0.5)).sum() / mass),
+                   float((crop.sum(1) * (np.arange(crop.shape[0]) + 0.5)).sum() / mass))
+    return _Glyph(crop, anchor, float(ys.max() - ys.min() + 1), mass_centre)
+
+
+def _arc(cx, cy, rx, ry, a0, a1, k=5):
+    """k points along an ellipse arc, angles in degrees, 0 = right, 90 = down."""
+    t = np.radians(np.linspace(a0, a1, k))
+    return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in t]
+
+
+# Pen-stroke digits in a unit box (x right, y down). Each variant is a list of strokes;
+# a stroke is (smooth?, control points): smooth strokes pass through their points as a
+# Catmull-Rom spline, others are polylines. Variants follow how people write: a '1'
+# with or without a flag, open and closed '4', '7' with a bar, '9' with a straight stem.
+_PEN_DIGITS: dict[int, list[list[tuple[bool, list[tuple[float, float]]]]]] = {
+    0: [[(True, _arc(0.5, 0.5, 0.42, 0.5, -100, 265, 12))],
+        [(True, _arc(0.5, 0.5, 0.36, 0.5, -80, 290, 12))]],
+    1: [[(False, [(0.55, 0.0), (0.45, 1.0)])],
+        [(False, [(0.38, 0.14), (0.6, 0.0), (0.5, 1.0)])],
+        [(False, [(0.52, 0.0), (0.5, 1.0)])],
+        [(False, [(0.36, 0.16), (0.58, 0.0), (0.55, 1.0)]), (False, [(0.3, 1.0), (0.8, 1.0)])]],
+    2: [[(True, [(0.08, 0.25), (0.4, 0.0), (0.82, 0.12), (0.78, 0.45), (0.35, 0.78), (0.05, 1.0)]),
+         (False, [(0.05, 1.0), (0.95, 0.97)])],
+        [(True, [(0.1, 0.2), (0.5, 0.0), (0.88, 0.25), (0.6, 0.62), (0.1, 0.98), (0.2, 0.8),
+                 (0.45, 0.92), (0.95, 1.0)])]],
+    3: [[(True, [(0.1, 0.15), (0.5, 0.0), (0.85, 0.2), (0.72, 0.42), (0.35, 0.5)]),
+         (True, [(0.35, 0.5), (0.82, 0.6), (0.88, 0.85), (0.5, 1.0), (0.08, 0.88)])],
+        [(False, [(0.1, 0.02), (0.88, 0.02), (0.42, 0.42)]),
+         (True, [(0.42, 0.42), (0.85, 0.58), (0.85, 0.88), (0.45, 1.0), (0.08, 0.85)])]],
+    4: [[(False, [(0.68, 1.0), (0.68, 0.0), (0.05, 0.7), (0.95, 0.7)])],
+        [(False, [(0.18, 0.0), (0.1, 0.6), (0.92, 0.6)]), (False, [(0.72, 0.05), (0.66, 1.0)])],
+        [(False, [(0.25, 0.0), (0.05, 0.62), (0.95, 0.58)]), (False, [(0.75, 0.25), (0.7, 1.0)])]],
+    5: [[(False, [(0.88, 0.0), (0.2, 0.0), (0.15, 0.45)]),
+         (True, [(0.15, 0.45), (0.55, 0.37), (0.88, 0.6), (0.8, 0.9), (0.45, 1.0), (0.08, 0.88)])],
+        [(False, [(0.2, 0.02), (0.15, 0.45)]), (False, [(0.2, 0.02), (0.88, 0.0)]),
+         (True, [(0.15, 0.45), (0.6, 0.4), (0.9, 0.7), (0.55, 1.0), (0.1, 0.9)])]],
+    6: [[(True, [(0.78, 0.02), (0.4, 0.15), (0.15, 0.5), (0.15, 0.82), (0.45, 1.0), (0.8, 0.85),
+                 (0.8, 0.6), (0.5, 0.5), (0.17, 0.68)])],
+        [(True, [(0.7, 0.0), (0.3, 0.35), (0.15, 0.75), (0.45, 1.0), (0.82, 0.8), (0.55, 0.55),
+                 (0.2, 0.7)])]],
+    7: [[(False, [(0.05, 0.02), (0.95, 0.02), (0.4, 1.0)])],
+        [(False, [(0.05, 0.05), (0.95, 0.0), (0.45, 1.0)]), (False, [(0.3, 0.52), (0.82, 0.5)])],
+        [(False, [(0.08, 0.12), (0.12, 0.02), (0.92, 0.02)]),
+         (True, [(0.92, 0.02), (0.65, 0.4), (0.45, 1.0)])]],
+    8: [[(True, [(0.5, 0.47), (0.15, 0.24), (0.5, 0.0), (0.85, 0.22), (0.5, 0.47), (0.1, 0.75),
+                 (0.5, 1.0), (0.9, 0.75), (0.5, 0.47)])],
+        [(True, _arc(0.5, 0.24, 0.3, 0.24, 90, 450, 9)), (True, _arc(0.5, 0.73, 0.4, 0.27, -90, 270, 9))]],
+    9: [[(True, [(0.85, 0.25), (0.5, 0.0), (0.15, 0.2), (0.25, 0.45), (0.6, 0.45), (0.85, 0.25)]),
+         (False, [(0.85, 0.2), (0.75, 1.0)])],
+        [(True, [(0.85, 0.22), (0.45, 0.0), (0.12, 0.22), (0.4, 0.48), (0.84, 0.28)]),
+         (True, [(0.85, 0.15), (0.82, 0.6), (0.6, 1.0)])]],
+}
+
+
+_CR_STEPS = 6  # spline points per segment
+
+
+def _catmull_rom(points: np.ndarray, per_segment: int = _CR_STEPS) -> np.ndarray:
+    """Dense points of the Catmull-Rom spline through `points` (K, 2): (K-1) * per_segment + 1
+    points, the control points at every per_segment-th place."""
+    p = np.concatenate([points[:1], points, points[-1:]])  # (K+2, 2): ends repeated
+    p0, p1, p2, p3 = p[:-3, None], p[1:-2, None], p[2:-1, None], p[3:, None]  # (K-1, 1, 2) each
+    t = np.linspace(0, 1, per_segment, endpoint=False)[None, :, None]  # (1, S, 1)
+    curve = 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
+                   + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)  # (K-1, S, 2)
+    return np.concatenate([curve.reshape(-1, 2), points[-1:]])
+
+
+def _pen_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tuple[_Glyph, int]:
+    """A jittered pen-stroke digit, drawn at 2x and reduced (antialiasing). `width` is the
+    pen width as a fraction of the digit height. Returns the glyph and its variant."""
+    variants = _PEN_DIGITS[digit]
+    variant = int(rng.integers(len(variants)))
+    height = 0.7 * n * 2  # drawn at 2x
+    box_w = height * rng.uniform(0.55, 0.78)
+    pad = n * 0.3
+    size = int(2 * n)
+    im = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(im)
+    pen = max(2, int(round(width * height)))
+    for smooth, pts in variants[variant]:
+        # Jitter each control point; less where there are many, or a round '0' turns polygonal.
+        p = np.asarray(pts, float) + rng.normal(0, 0.035 if len(pts) <= 6 else 0.022, (len(pts), 2))
+        if smooth:
+            p = _catmull_rom(p)
+        xy = np.stack([pad + p[:, 0] * box_w, (size - height) / 2 + p[:, 1] * height], 1)
+        draw.line(xy.ravel().tolist(), fill=255, width=pen)
+        # Round caps and joins: discs at the ends and at every control point (between
+        # them a dense spline bends so little that plain segments leave no gap).
+        r = pen / 2 - 0.5
+        for x, y in (xy if not smooth else xy[::_CR_STEPS]):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+        if smooth:
+            x, y = xy[-1]
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+    im = im.reduce(2)
+    return _crop_glyph(np.asarray(im, np.float32) / 255.0), variant
+
+
