@@ -312,3 +312,14 @@ def test_cli_flags_override_saved_settings_on_resume(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(CheckpointError, match="cannot read training checkpoint .*bad.pt"):
         config_from_args(build_parser().parse_args(["--resume", str(tmp_path / "bad.pt")]))
+
+
+def test_every_trainer_reaches_its_floor_at_the_last_step():
+    from clipkit.generator.train import lr_at
+    from clipkit.training.schedule import warmup_cosine
+
+    for total, warmup in ((110, 10), (7, 3), (2, 1)):
+        sched = WarmupCosine(warmup, total, min_ratio=0.1)
+        assert sched(total - 1) == pytest.approx(0.1) == warmup_cosine(total - 1, warmup, total, 0.1)
+        assert lr_at(total - 1, total, 2e-3, warmup, 0.1) == pytest.approx(2e-4)  # it used to stop short
+        assert [lr_at(s, total, 1.0, warmup, 0.1) for s in range(total)] == [sched(s) for s in range(total)]

@@ -72,11 +72,11 @@ class TransformerTrainConfig:
 
 
 def lr_at(step: int, steps: int, base: float, warmup: int, min_ratio: float) -> float:
-    """Linear warmup, then cosine decay to base × min_ratio at `steps`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    """Linear warmup, then cosine decay to base × min_ratio at the last step (the schedule
+    every clipkit trainer uses: `clipkit.training.schedule.warmup_cosine`)."""
+    from clipkit.training.schedule import warmup_cosine
+
+    return base * warmup_cosine(step, warmup, steps, min_ratio)
 
 
 def temperature_at(step: int, steps: int, tc: DVAETrainConfig) -> float:

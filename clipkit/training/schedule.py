@@ -1,0 +1,52 @@
+"""Learning rate and weight decay, the same for every trainer: linear warm-up, then a half
+cosine that reaches its floor exactly at the last step; AdamW decay on matrices only."""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at step `step` (0-based) of `total`: (step + 1) /
+    warmup during the warm-up, then a half cosine from 1 down to `min_ratio` at step total - 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_steps = total - warmup - 1  # steps after the first decay step
+    progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Multiplier of the peak learning rate at step s: (s + 1) / warmup during the
+    warm-up, then a half cosine from 1 down to `min_ratio` at the last step.
+
+    A plain callable object so `LambdaLR.state_dict()` saves it with the run.
+    """
+
+    def __init__(self, warmup: int, total: int, min_ratio: float = 0.0):
+        self.warmup, self.total, self.min_ratio = int(warmup), int(total), float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup, self.total, self.min_ratio)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay; gains, biases, embeddings and the temperature do not.
+
+    "Embeddings" are the token table, positional embeddings and the class token (names
+    containing `embedding`); projections (`text_projection`, `visual.proj`) are weight
+    matrices and decay.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "embedding" in name or name.endswith("logit_scale"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
