@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipkit.commands._args import OneLineParser, float_in, image_output, positive_int
+from clipkit.commands._args import float_in, image_output, positive_int
 
 EPILOG = """\
 examples:
@@ -109,15 +109,3 @@ def make_grid(images: list, cols: int | None = None, scale: int = 1, labels: lis
         if labels:
             draw.text((x + 1, y + h), labels[i], fill=(0, 0, 0))
     return grid
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m clipkit.commands.generate ...` (the same as `clipkit generate ...`)."""
-    p = OneLineParser(prog="clipkit generate", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
