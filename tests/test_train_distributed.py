@@ -56,7 +56,7 @@ def _run(rank: int, world: int):
     model = ContrastiveModel(clip)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS)
+    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS, min_lr_ratio=1.0)  # a flat lr: both steps move the weights
     optimizer = make_optimizer(clip, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     n = GLOBAL_BATCH // world
@@ -146,14 +146,14 @@ def test_torchrun_two_processes_match_one(tmp_path):
     config_file = tmp_path / "tiny-vit.json"  # the subprocesses do not see the tests' registry
     config_file.write_text(json.dumps(get_config("tiny-vit").to_dict()))
     args = ["--config", str(config_file), "--steps", "2", "--batch-size", "8", "--lr", "1e-4",
-            "--warmup", "1", "--eval-size", "0", "--log-every", "1", "--no-progress"]
+            "--warmup", "1", "--min-lr-ratio", "1", "--eval-size", "0", "--log-every", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "clipkit", "train", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    train(TrainConfig(config="tiny-vit", steps=2, batch_size=8, lr=1e-4, warmup=1, eval_size=0,
+    train(TrainConfig(config="tiny-vit", steps=2, batch_size=8, lr=1e-4, warmup=1, min_lr_ratio=1.0, eval_size=0,
                       log_every=1, progress=False, out=str(tmp_path / "one")))
     two = load_file(tmp_path / "two" / "model.safetensors")
     one = load_file(tmp_path / "one" / "model.safetensors")
@@ -184,7 +184,7 @@ def _run_uneven(rank: int, world: int):
     model = ContrastiveModel(clip)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS)
+    cfg = TrainConfig(lr=1e-3, warmup=1, steps=STEPS, min_lr_ratio=1.0)  # a flat lr: both steps move the weights
     optimizer = make_optimizer(clip, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     rows = list(UNEVEN[rank]) if world > 1 else [r for part in UNEVEN for r in part]
