@@ -15,7 +15,7 @@ from clipkit import __version__
 from clipkit.commands._args import OneLineParser
 
 # Order is the order shown in --help.
-COMMANDS: tuple[str, ...] = ("classify", "prompts", "bench", "train", "generate", "rerank",
+COMMANDS: tuple[str, ...] = ("classify", "prompts", "bench", "train", "train-generator", "generate", "rerank",
                              "index", "search", "serve", "export")
 
 EPILOG = """\
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"clipkit.commands.{name}").register(sub)
+        importlib.import_module(f"clipkit.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

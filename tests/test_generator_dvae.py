@@ -279,7 +279,7 @@ def test_every_generator_config_pairs_a_dvae_grid_with_its_transformer(name):
 def test_parse_mix():
     import argparse
 
-    from clipkit.generator.train import parse_mix
+    from clipkit.commands.train_generator import parse_mix
 
     assert parse_mix("shape=0.4, digit=0.3") == {"shape": 0.4, "digit": 0.3}
     for bad in ("shape", "shape=x", "", "shap=0.4"):

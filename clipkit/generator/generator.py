@@ -238,7 +238,7 @@ class Generator(nn.Module):
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not a clipkit generator file (format {meta.get('format')!r}, "
-                                 f"expected {FORMAT!r}); a training checkpoint? `python -m clipkit.generator.train "
+                                 f"expected {FORMAT!r}); a training checkpoint? `clipkit train-generator "
                                  "--stage transformer` writes the loadable <out>/generator.safetensors "
                                  "at every checkpoint")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -262,7 +262,7 @@ def load_default(device: str | torch.device = "cpu") -> Generator:
     if not path.is_file():
         raise FileNotFoundError(
             f"the shipped generator weights are not installed ({path} is missing). Train them with "
-            "`python -m clipkit.generator.train --stage dvae --out runs/gen` then "
+            "`clipkit train-generator --stage dvae --out runs/gen` then "
             "`--stage transformer`, or load your own file with Generator.load(path).")
     return Generator.load(path, device=device)
 

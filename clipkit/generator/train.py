@@ -10,9 +10,9 @@ Every random choice at step s (the batch, the Gumbel noise, the dropped captions
 from generators seeded by (seed, s), and the learning-rate and annealing schedules are
 functions of s, so `k` steps in one go and `k/2` + resume + `k/2` give the same weights.
 
-    python -m clipkit.generator.train --stage dvae --config synth-mini --steps 1500 --lr 3e-3 --kl-weight 0.2 --out runs/gen
-    python -m clipkit.generator.train --stage transformer --config synth-mini --steps 6000 --lr 2e-3 --out runs/gen
-    python -m clipkit.generator.train ... --resume          # continue from runs/gen/<stage>-last.safetensors
+    clipkit train-generator --stage dvae --config synth-mini --steps 1500 --lr 3e-3 --kl-weight 0.2 --out runs/gen
+    clipkit train-generator --stage transformer --config synth-mini --steps 6000 --lr 2e-3 --out runs/gen
+    clipkit train-generator ... --resume          # continue from runs/gen/<stage>-last.safetensors
 
 Outputs in --out: `dvae-last.safetensors` / `transformer-last.safetensors` (checkpoints
 with optimizer state), `dvae.safetensors` (the trained dVAE), `corpus.safetensors` (the
@@ -21,7 +21,6 @@ encoded training pairs) and `generator.safetensors` (the `Generator`, loadable w
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -387,16 +387,6 @@ def _synth(image_size: int, split: str = "train", mix: dict[str, float] | None =
     return SynthDataset(SynthWorld(seed=0, image_size=image_size, split=split, mix=mix))
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """"shape=0.4,digit=0.3" -> {"shape": 0.4, "digit": 0.3} (`clipkit.data.synth.parse_mix` as an argparse type)."""
-    from clipkit.data import synth
-
-    try:
-        return synth.parse_mix(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log,
             mix: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """The encoded training corpus, cached in out/corpus.safetensors (rebuilt if it does not match)."""
@@ -422,42 +412,23 @@ def _corpus(out: Path, dvae: DVAE, count: int, text_len: int, log,
     return corpus
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | os.PathLike,
+              resume: bool = False, stop_at: int | None = None, batch_size: int | None = None,
+              lr: float | None = None, seed: int = 0, checkpoint_every: int = 250, log_every: int = 25,
+              corpus: int = 60000, dvae: str | None = None, recon_loss: str | None = None,
+              kl_weight: float | None = None, threads: int | None = None,
+              mix: dict[str, float] | None = None) -> None:
+    """One stage of the generator's training on the synthetic world (what
+    `clipkit train-generator` runs): stage "dvae", then stage "transformer", which writes
+    `<out>/generator.safetensors` at every checkpoint."""
     from clipkit.generator.configs import GENERATOR_CONFIGS
 
-    p = argparse.ArgumentParser(
-        prog="python -m clipkit.generator.train",
-        description="Train the generator on the synthetic world: --stage dvae, then --stage transformer.",
-        epilog="examples:\n"
-               "  python -m clipkit.generator.train --stage dvae --config synth-mini --steps 1500 --lr 3e-3 "
-               "--kl-weight 0.2 --out runs/gen\n"
-               "  python -m clipkit.generator.train --stage transformer --config synth-mini --steps 6000 --lr 2e-3 "
-               "--corpus 30000 --out runs/gen\n"
-               "  python -m clipkit.generator.train --stage transformer ... --resume\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=("dvae", "transformer"), required=True)
-    p.add_argument("--config", choices=sorted(GENERATOR_CONFIGS), default="synth-mini",
-                   help="architecture [synth-mini, the shipped one]")
-    p.add_argument("--steps", type=int, required=True, help="total steps (the schedules' length)")
-    p.add_argument("--stop-at", type=int, help="stop early at this step (resume later with --resume)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, corpus, exported weights")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<stage>-last.safetensors")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--corpus", type=int, default=60000, help="transformer stage: synthetic pairs to encode")
-    p.add_argument("--dvae", help="transformer stage: dVAE weights [<out>/dvae.safetensors]")
-    p.add_argument("--recon-loss", choices=("logit_laplace", "mse"), help="dVAE stage: override the config's")
-    p.add_argument("--kl-weight", type=float,
-                   help="dVAE stage: final KL weight β [6.6, the paper's, for the logit-Laplace loss in nats; "
-                        "a squared-error loss is ~100× smaller and needs β ~0.1]")
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--mix", type=parse_mix, metavar="KIND=W,...",
-                   help="scene-kind weights of the synthetic world, e.g. shape=0.4,count=0.15,relation=0.15,"
-                        "digit=0.3 [the world's default mix]")
-    args = p.parse_args(argv)
+    if stage not in ("dvae", "transformer"):
+        raise ValueError(f"stage must be 'dvae' or 'transformer', got {stage!r}")
+    args = SimpleNamespace(stage=stage, config=config, steps=steps, out=out, resume=resume, stop_at=stop_at,
+                           batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                           log_every=log_every, corpus=corpus, dvae=dvae, recon_loss=recon_loss,
+                           kl_weight=kl_weight, threads=threads, mix=mix)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the initial weights
@@ -482,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         train_dvae(DVAE(dvae_cfg), _synth(dvae_cfg.image_size, mix=args.mix), args.steps, train=tc, out_dir=out,
                    resume=args.resume, stop_at=args.stop_at, checkpoint_every=args.checkpoint_every,
                    log_every=args.log_every, eval_images=eval_images, log=log)
-        return 0
+        return
 
     from clipkit.generator.generator import Generator
     from clipkit.generator.transformer import build_text_vocab
@@ -511,8 +482,13 @@ def main(argv: list[str] | None = None) -> int:
                       stop_at=args.stop_at, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                       eval_corpus=eval_set, on_checkpoint=export, log=log)
     log(f"generator written to {out / 'generator.safetensors'}")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old spelling of `clipkit train-generator`, kept as an alias
+    import warnings
+
+    from clipkit.cli import main
+
+    warnings.warn("`clipkit train-generator` is deprecated: use `clipkit train-generator`",
+                  DeprecationWarning, stacklevel=1)
+    sys.exit(main(["train-generator", *sys.argv[1:]]))
