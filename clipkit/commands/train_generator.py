@@ -26,10 +26,14 @@ def parse_mix(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _configs() -> list[str]:
+def generator_config(name: str) -> str:
+    """A registered generator architecture (checked when given: importing the configs loads
+    torch, which `clipkit --help` should not wait for)."""
     from clipkit.generator.configs import GENERATOR_CONFIGS
 
-    return sorted(GENERATOR_CONFIGS)
+    if name not in GENERATOR_CONFIGS:
+        raise argparse.ArgumentTypeError(f"unknown config {name!r}; choose from {', '.join(sorted(GENERATOR_CONFIGS))}")
+    return name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=("dvae", "transformer"), required=True)
-    p.add_argument("--config", choices=_configs(), default="synth-mini",
-                   help="architecture [synth-mini, the shipped one]")
+    p.add_argument("--config", type=generator_config, default="synth-mini",
+                   help="architecture: a name of clipkit.generator.configs.GENERATOR_CONFIGS [synth-mini]")
     p.add_argument("--steps", type=positive_int, required=True, help="total steps (the schedules' length)")
     p.add_argument("--stop-at", type=positive_int, help="stop early at this step (resume later with --resume)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, corpus, exported weights")
