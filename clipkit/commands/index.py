@@ -18,27 +18,23 @@ Then: clipkit search photos.idx "a red circle".
 """
 
 
+from clipkit.commands._args import add_model_args, positive_int
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="embed the images of a folder into a search index",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", metavar="DIR", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder to create or update")
-    p.add_argument("--model", help="model name [shipped default]")
-    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
     p.add_argument("--rebuild", action="store_true", help="start afresh (e.g. after changing the model)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=512, help="files per shard, the unit of resuming [512]")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--chunk-size", type=positive_int, default=512, help="files per shard, the unit of resuming [512]")
+    add_model_args(p, cache_flag=False)  # the index is its own store: no other cache is read
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from clipkit.index import Index
 
-    if args.batch_size < 1 or args.chunk_size < 1:
-        print("clipkit index: --batch-size and --chunk-size must be >= 1", file=sys.stderr)
-        return 2
     try:
         report = Index.build(args.root, args.out, args.checkpoint or args.model, batch_size=args.batch_size,
                              chunk_size=args.chunk_size, device=args.device, rebuild=args.rebuild,
