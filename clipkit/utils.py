@@ -187,13 +187,14 @@ def weights_fingerprint(model_or_state_dict: torch.nn.Module | dict[str, torch.T
 
     Identifies a set of weights for cache keys (class heads, image features): any
     change to any parameter or buffer changes it. The result is memoised on a module
-    until its parameters change version.
+    until its parameters change version (not memoised for a model made under
+    `torch.inference_mode`, whose tensors have no version counter).
     """
     if isinstance(model_or_state_dict, torch.nn.Module):
         state = model_or_state_dict.state_dict()
-        versions = tuple(t._version for t in state.values())
+        versions = None if any(t.is_inference() for t in state.values()) else tuple(t._version for t in state.values())
         memo = getattr(model_or_state_dict, "_clipkit_fingerprint", None)
-        if memo is not None and memo[0] == versions and memo[1] == tuple(state):
+        if versions is not None and memo is not None and memo[0] == versions and memo[1] == tuple(state):
             return memo[2]
     else:
         state, versions = model_or_state_dict, None

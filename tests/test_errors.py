@@ -498,3 +498,14 @@ def test_dvae_reader_shares_the_bounds(tmp_path, monkeypatch):
     assert isinstance(info.value, ClipkitError) and str(bomb) in str(info.value)
     monkeypatch.setattr(_pickle, "SMALL_STORAGE_BYTES", 1 << 24)
     assert read_pickled_state_dict(bomb)["w"].shape == (1 << 18,)
+
+
+def test_fingerprint_of_a_model_made_under_inference_mode():
+    from clipkit.utils import weights_fingerprint
+
+    torch.manual_seed(0)
+    reference = weights_fingerprint(create_model("tiny-vit"))
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = create_model("tiny-vit")  # inference tensors: no version counter to memoise on
+    assert weights_fingerprint(model) == reference == weights_fingerprint(model)

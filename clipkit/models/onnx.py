@@ -134,22 +134,12 @@ def quantize_graph(src: str | os.PathLike, dst: str | os.PathLike, *, per_channe
 # ---------------------------------------------------------------------------
 
 
-def fingerprint(model: nn.Module) -> str:
-    """`clipkit.utils.weights_fingerprint`, also for a model made under `torch.inference_mode`
-    (its tensors have no version counter to memoise on: the state dict is hashed directly)."""
-    from clipkit.utils import weights_fingerprint
-
-    try:
-        return weights_fingerprint(model)
-    except RuntimeError:
-        return weights_fingerprint(model.state_dict())
-
-
 def _manifest(model: nn.Module, opset: int) -> dict:
     import onnx
     import onnxruntime
 
     from clipkit import __version__
+    from clipkit.utils import weights_fingerprint
 
     cfg = model.config
     scale = getattr(model, "logit_scale", None)
@@ -160,7 +150,7 @@ def _manifest(model: nn.Module, opset: int) -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "opset": opset,
-        "weights_fingerprint": fingerprint(model),
+        "weights_fingerprint": weights_fingerprint(model),
         "config": cfg.to_dict(),
         "logit_scale": None if scale is None else float(scale.detach().float()),
         "preprocessing": {

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.models.config import CLIPConfig
-from clipkit.models.onnx import EXPORT_FORMAT, MANIFEST, OPSET, export_onnx, fingerprint, read_manifest, require_onnx
+from clipkit.models.onnx import EXPORT_FORMAT, MANIFEST, OPSET, export_onnx, read_manifest, require_onnx
+from clipkit.utils import weights_fingerprint
 
 __all__ = ["OnnxCLIP", "onnx_inference", "PRECISIONS"]
 
@@ -177,7 +178,7 @@ def onnx_inference(model: nn.Module, quantize: str = "int8", *, per_channel: boo
     if not isinstance(model, nn.Module) or not hasattr(model, "visual") or not hasattr(model, "config"):
         raise TypeError(f"expected a clipkit CLIP model, got {type(model).__name__}")
     root = _cache_root()
-    key = f"{fingerprint(model)[:32]}-opset{OPSET}-f{EXPORT_FORMAT}" + ("" if per_channel else "-pt")
+    key = f"{weights_fingerprint(model)[:32]}-opset{OPSET}-f{EXPORT_FORMAT}" + ("" if per_channel else "-pt")
     folder = root / key
     try:
         read_manifest(folder)
