@@ -30,14 +30,8 @@ _NO_MODEL_MESSAGE = (
 
 
 # ---------------------------------------------------------------------------
-# Small helpers: the cache switch, the model's device, eval mode
+# Small helpers: the model's device, eval mode
 # ---------------------------------------------------------------------------
-
-
-def _cache_enabled(cache: bool) -> bool:
-    from clipkit.utils import cache_enabled
-
-    return cache_enabled(cache)
 
 
 def _model_device(model: nn.Module) -> torch.device:

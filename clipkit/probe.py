@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipkit.encode import EncodedImages, _cache_enabled, encode_images
+from clipkit.encode import EncodedImages, encode_images
+from clipkit.utils import cache_enabled
 
 __all__ = ["extract_features", "linear_probe", "ProbeResult", "PAPER_COARSE_CS", "FEATURES_FORMAT_VERSION"]
 
@@ -49,7 +50,7 @@ def extract_features(model: nn.Module, X, *, preprocess: Callable | None = None,
     model's weights; ``cache=False`` or ``CLIPKIT_NO_CACHE=1`` turns that off.
     """
     path = None
-    if cache_key is not None and _cache_enabled(cache):
+    if cache_key is not None and cache_enabled(cache):
         from clipkit.utils import usable_cache_dir, weights_fingerprint
 
         parts = {"format": FEATURES_FORMAT_VERSION, "weights": weights_fingerprint(model), "data": cache_key,

@@ -56,22 +56,22 @@ class Reranker:
 
     # -- embeddings -------------------------------------------------------
 
-    def encode_images(self, images: Sequence[Any] | torch.Tensor, *, skip_unreadable: bool = False):
-        """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor.
+    def encode_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """Normalized image embeddings (N, D) for PIL images, paths or a preprocessed tensor;
+        an unreadable file raises an error naming it."""
+        return self._encode(images, skip_unreadable=False).features
 
-        With ``skip_unreadable=True`` returns the :class:`~clipkit.encode.EncodedImages`
-        (rows of the readable items, their positions, the skipped files and why) instead
-        of raising on the first unreadable file.
-        """
+    def _encode(self, images, skip_unreadable: bool):
+        """:class:`~clipkit.encode.EncodedImages`: the readable items' rows, their positions,
+        and (with `skip_unreadable`) the files left out and why."""
         from clipkit.encode import encode_images
 
         if not isinstance(images, torch.Tensor):
             images = list(images)
         if len(images) == 0:
             raise ValueError("no images to score: the image list is empty")
-        enc = encode_images(self.image_model, images, preprocess=self.preprocess, batch_size=self.batch_size,
-                            device=self.device, skip_unreadable=skip_unreadable, progress=False)
-        return enc if skip_unreadable else enc.features
+        return encode_images(self.image_model, images, preprocess=self.preprocess, batch_size=self.batch_size,
+                             device=self.device, skip_unreadable=skip_unreadable, progress=False)
 
     @torch.inference_mode()
     def encode_captions(self, captions: Sequence[str] | None = None,
@@ -128,13 +128,12 @@ class Reranker:
         items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
         if not items:
             raise ValueError("no images to rerank: the image list is empty")
-        enc = self.encode_images(images, skip_unreadable=True) if skip_unreadable else None
-        feats = enc.features if enc is not None else self.encode_images(images)
-        positions = enc.indices if enc is not None else list(range(len(items)))
-        skipped = [(str(w), r) for w, r in enc.skipped] if enc is not None else []
+        enc = self._encode(images, skip_unreadable)
+        positions = enc.indices  # rows -> positions in the input (all of them unless skipping)
+        skipped = [(str(w), r) for w, r in enc.skipped]
         if not positions:
             return RerankResult(caption, [], [], [], skipped)
-        scores = self._similarities(feats, caption, text_ids).reshape(len(positions))
+        scores = self._similarities(enc.features, caption, text_ids).reshape(len(positions))
         order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
         keep = [positions[i] for i in order]
         return RerankResult(caption, [items[i] for i in keep], [float(scores[i]) for i in order], keep, skipped)

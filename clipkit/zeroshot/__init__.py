@@ -26,7 +26,7 @@ of clipkit that embeds images; their names are re-exported here.
 """
 from __future__ import annotations
 
-from clipkit.encode import (DEFAULT_MODEL, EncodedImages, _cache_enabled, _eval_mode, _model_device,
+from clipkit.encode import (DEFAULT_MODEL, EncodedImages, _eval_mode, _model_device,
                             encode_images, resolve_model)
 from clipkit.zeroshot.classifier import ClassificationResult, ZeroShotClassifier, zero_shot
 from clipkit.zeroshot.head import (HEAD_FORMAT_VERSION, ZeroShotHead, _head_cache_key, _logit_scale,

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipkit.encode import _cache_enabled, _model_device
+from clipkit.encode import _model_device
 from clipkit.templates import default_templates_for, load_classnames, load_templates
+from clipkit.utils import cache_enabled
 from clipkit.zeroshot.prompts import class_embeddings, head_from_embeddings
 
 # Bump when the head's arithmetic or file layout changes: old cache entries stop matching.
@@ -151,7 +152,7 @@ def build_head(model: nn.Module, classnames, templates=None, *, tokenizer=None, 
 
     weight = path = None
     truncated = ""  # the tokenizer's warning about prompts cut to the context, kept with the head
-    if _cache_enabled(cache):
+    if cache_enabled(cache):
         from clipkit.utils import usable_cache_dir
 
         folder = usable_cache_dir("heads")
