@@ -120,9 +120,6 @@ class _LogProgress:
             self._printed = True
             print(self._line(), file=self.file, flush=True)
 
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self._postfix = text
-
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())

@@ -17,6 +17,15 @@ def reranker():
     return Reranker((model, image_transform(model.config.vision.image_size)))
 
 
+def _saved(images, folder):
+    """The images written as PNGs into `folder`; their paths, in order."""
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(folder / f"{i}.png")
+        im.save(paths[-1])
+    return paths
+
+
 def _images(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [Image.fromarray((torch.rand(40, 48, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
@@ -66,10 +75,7 @@ def test_several_captions_at_once(reranker):
 
 def test_tensor_and_path_inputs(reranker, tmp_path):
     images = _images(2, seed=5)
-    paths = []
-    for i, im in enumerate(images):
-        paths.append(tmp_path / f"{i}.png")
-        im.save(paths[-1])
+    paths = _saved(images, tmp_path)
     from_paths = reranker.score(paths, "x")
     from_tensor = reranker.score(torch.stack([reranker.preprocess(i) for i in images]), "x")
     torch.testing.assert_close(from_paths, from_tensor)
@@ -115,11 +121,7 @@ def test_wrapper_with_stub_generator(reranker):
 
 
 def test_skip_unreadable_reports_and_ranks_the_rest(reranker, tmp_path):
-    images = _images(3, seed=9)
-    paths = []
-    for i, im in enumerate(images):
-        paths.append(tmp_path / f"{i}.png")
-        im.save(paths[-1])
+    paths = _saved(_images(3, seed=9), tmp_path)
     bad = tmp_path / "truncated.png"
     bad.write_bytes(paths[0].read_bytes()[:40])
     mixed = [paths[0], bad, paths[1], paths[2]]

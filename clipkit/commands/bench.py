@@ -43,7 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipkit.bench import run_benchmark
-    from clipkit.data.datasets import DatasetLayoutError
 
     if args.list_models:
         from clipkit.models import available_models
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, workers=args.workers, out=args.out,
             cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size,
             fast=args.fast, device=args.device)
-    except (DatasetLayoutError, ValueError, OSError, ImportError) as e:  # ImportError: --fast int8 without onnx
+    except (ValueError, OSError, ImportError) as e:  # DatasetLayoutError is a ValueError; ImportError: --fast int8 without onnx
         print(f"clipkit bench: {e}", file=sys.stderr)
         return 2
     if result is None:  # not rank 0
