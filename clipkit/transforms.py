@@ -49,6 +49,7 @@ from clipkit.models.config import CLIP_MEAN, CLIP_STD
 __all__ = [
     "Preprocess", "image_transform", "to_rgb", "load_image", "ImageLoadError",
     "resolve_transform", "apply_transform", "ensure_image_tensor", "resized_size", "center_crop_box",
+    "to_tensor",
 ]
 
 WHITE = (255, 255, 255)
@@ -274,6 +275,19 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 # ---------------------------------------------------------------------------
 # geometry: torchvision's Resize(int) and CenterCrop arithmetic
 # ---------------------------------------------------------------------------
+
+def to_tensor(image: Image.Image | str | os.PathLike, size: int | None = None) -> torch.Tensor:
+    """The one PIL -> tensor converter without normalisation: an image (or a path, read with
+    `load_image`) -> (3, H, W) float32 in [0, 1], resized bicubically to size x size if
+    given (no crop). Used by the synthetic world's datasets, the generator and the judge;
+    CLIP's own preprocessing (resize, crop, normalise) is `Preprocess`."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    image = to_rgb(image)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(w, h) after torchvision's `Resize(size)`: short side -> size, long side truncated."""

@@ -292,16 +292,11 @@ def _rerank(reranker, result: GeneratedImages, top_k: int, clip_ids: torch.Tenso
 
 
 def pil_to_tensor(image, size: int | None = None) -> torch.Tensor:
-    """PIL image (or path) -> (3, H, W) float in [0, 1], resized to size × size if given."""
-    import numpy as np
-    from PIL import Image
+    """PIL image (or path) -> (3, H, W) float in [0, 1], resized to size × size if given:
+    `clipkit.transforms.to_tensor` (paths go through `load_image`'s checks)."""
+    from clipkit.transforms import to_tensor
 
-    if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
-    image = image.convert("RGB")
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return to_tensor(image, size)
 
 
 def tensor_to_pil(images: torch.Tensor) -> list:

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-from PIL import Image
 
 from clipkit.data.synth.world import Sample, SynthWorld
+from clipkit.transforms import to_tensor  # the one converter; re-exported by clipkit.data.synth
 
 
 # torch Dataset
 # ---------------------------------------------------------------------------
 
-
-def to_tensor(image: Image.Image):
-    """PIL RGB -> float tensor (3, H, W) in [0, 1]; a transform for `SynthDataset`."""
-    import torch
-
-    return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 try:
