@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 from clipkit.data.synth.world import Sample, SynthWorld
 from clipkit.transforms import to_tensor  # the one converter; re-exported by clipkit.data.synth
 
