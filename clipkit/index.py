@@ -10,7 +10,8 @@ On disk, an index is a folder:
   that could not be read in the header. `key` hashes the weights' fingerprint and the
   chunk's files, so a shard is written once, atomically (temporary file, then rename),
   and a rerun after an interruption finds it and does not encode the chunk again.
-- ``manifest.json``: the root, the model's name and weights fingerprint, the embedding
+- ``manifest.json``: the root, the model's name and weights fingerprint, the fast image
+  path the embeddings came from (``"fast"``: null, ``"bf16"`` or ``"int8"``), the embedding
   width, the shards in order with their files, and the skipped files. Written last,
   atomically; shards it does not name are leftovers and are removed.
 
@@ -159,6 +160,7 @@ class Index:
         self.paths: list[str] = [e[0] for s in m["shards"] for e in s["entries"]]
         self._row = {p: i for i, p in enumerate(self.paths)}
         self._model = None
+        self._fast_model = None  # the image path of `fast`, for image queries
         self._ann: AnnIndex | None = None
         self._kept: torch.Tensor | None = None  # all embeddings, when small enough to keep
 
@@ -223,8 +225,14 @@ class Index:
         self._model = (clip.eval(), preprocess)
         return self._model
 
+    @property
+    def fast(self) -> str | None:
+        """The fast image path the stored embeddings came from (None: the model in float32)."""
+        return self.manifest.get("fast")
+
     def encode_query(self, text: str | None = None, image=None, model=None) -> torch.Tensor:
-        """The normalised query embedding (D,) of a text or an image (path or PIL image)."""
+        """The normalised query embedding (D,) of a text or an image (path or PIL image).
+        An image goes through the same image path as the index's images (`fast`)."""
         if (text is None) == (image is None):
             raise ValueError("give a text query or an image query (exactly one)")
         from clipkit.encode import encode_images
@@ -235,7 +243,11 @@ class Index:
             if not text.strip():
                 raise ValueError("the text query is empty")
             return encode_prompts(clip, [text], progress=False)[0]
-        return encode_images(clip, [image], preprocess=preprocess, progress=False).features[0]
+        if self.fast and self._fast_model is None:
+            from clipkit.models.fast import fast_model
+
+            self._fast_model = fast_model(clip, self.fast)
+        return encode_images(self._fast_model or clip, [image], preprocess=preprocess, progress=False).features[0]
 
     # -- search ---------------------------------------------------------------------
 
@@ -314,11 +326,13 @@ class Index:
     @classmethod
     def build(cls, root: str | os.PathLike, out: str | os.PathLike, model=None, *, batch_size: int = 64,
               chunk_size: int = CHUNK, device: str = "cpu", rebuild: bool = False, progress: bool | None = None,
-              dist_ctx=None, stop_after_chunks: int | None = None) -> BuildReport:
+              fast: str | None = None, dist_ctx=None, stop_after_chunks: int | None = None) -> BuildReport:
         """Create or update the index at `out` over the images under `root` (see the module
         docstring). `model`: a name or path, a (model, preprocess) pair or a CLIP module
         (default: the shipped model). An index built with other weights, or over another
-        root, is an error unless ``rebuild=True``, which starts it afresh.
+        root, is an error unless ``rebuild=True``, which starts it afresh. `fast`: ``"bf16"`` or
+        ``"int8"`` embeds the images with `clipkit.models.fast.fast_model` (recorded in the
+        manifest; an update must use the same path, since the embeddings differ slightly).
         `stop_after_chunks` stops after encoding that many chunks (to test resuming).
         """
         from clipkit.distributed import process_group
@@ -334,11 +348,11 @@ class Index:
             raise BadIndexError(f"{out} exists and is not an index folder")
         with contextlib.nullcontext(dist_ctx) if dist_ctx is not None else process_group() as ctx:
             return cls._build(ctx, root, out, model, batch_size, chunk_size, device, rebuild, progress,
-                              stop_after_chunks, t0)
+                              fast, stop_after_chunks, t0)
 
     @classmethod
-    def _build(cls, ctx, root, out, model, batch_size, chunk_size, device, rebuild, progress, stop_after_chunks,
-               t0) -> BuildReport:
+    def _build(cls, ctx, root, out, model, batch_size, chunk_size, device, rebuild, progress, fast,
+               stop_after_chunks, t0) -> BuildReport:
         import torch.distributed as dist
 
         from clipkit.utils import weights_fingerprint
@@ -346,8 +360,18 @@ class Index:
 
         clip, preprocess = resolve_model(model, device=device)
         clip.eval()
+        from clipkit.models.fast import FAST_MODES, fast_model
+
+        if fast is True:
+            fast = "bf16"
+        if fast not in (None, False) and fast not in FAST_MODES:
+            raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
+        fast = fast or None
         fp = weights_fingerprint(clip)
-        old = _previous(out, root, fp, rebuild)
+        old = _previous(out, root, fp, rebuild, fast)
+        # shards are keyed by what made their embeddings: the weights and the image path
+        shard_fp = fp if fast is None else f"{fp}+{fast}"
+        image_model = fast_model(clip, fast)
 
         files = image_files(root) if ctx.main else None
         if ctx.world > 1:  # one listing for all ranks
@@ -366,7 +390,7 @@ class Index:
         done = set(kept_rows) | {e[0] for e in old_skipped}  # unchanged unreadable files are not retried
         todo = [f for f in files if f[0] not in done]
         chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), chunk_size)]
-        keys = [_chunk_key(fp, c) for c in chunks]
+        keys = [_chunk_key(shard_fp, c) for c in chunks]
         shard_dir = out / SHARDS
         shard_dir.mkdir(parents=True, exist_ok=True)
 
@@ -379,10 +403,10 @@ class Index:
             for c in mine:
                 path = shard_dir / f"{keys[c]}.safetensors"
                 header = _read_shard_header(path)
-                if header is None or header["fingerprint"] != fp:
+                if header is None or header["fingerprint"] != shard_fp:
                     if stop_after_chunks is not None and done_now >= stop_after_chunks:
                         raise InterruptedError(f"stopped after {done_now} chunks (stop_after_chunks)")
-                    _encode_chunk(clip, preprocess, root, chunks[c], path, fp, batch_size, device)
+                    _encode_chunk(image_model, preprocess, root, chunks[c], path, shard_fp, batch_size, device)
                     encoded += len(chunks[c])
                     done_now += 1
                 bar.update(len(chunks[c]))
@@ -393,8 +417,8 @@ class Index:
         if not ctx.main:
             return BuildReport(None, encoded=encoded)
 
-        manifest, report = _assemble(out, root, fp, _model_label(model), int(clip.config.embed_dim), old,
-                                     kept_rows, old_skipped, keys)
+        manifest, report = _assemble(out, root, fp, shard_fp, fast, _model_label(model), int(clip.config.embed_dim),
+                                     old, kept_rows, old_skipped, keys)
         _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
         referenced = {s["file"] for s in manifest["shards"]}
         for leftover in shard_dir.iterdir():  # replaced shards, and parts of killed writes
@@ -407,7 +431,7 @@ class Index:
         return report
 
 
-def _previous(out: Path, root: Path, fp: str, rebuild: bool) -> dict | None:
+def _previous(out: Path, root: Path, fp: str, rebuild: bool, fast: str | None = None) -> dict | None:
     """The existing manifest at `out` if it can be updated; None to start afresh."""
     if not (out / MANIFEST).is_file() or rebuild:
         return None
@@ -416,6 +440,13 @@ def _previous(out: Path, root: Path, fp: str, rebuild: bool) -> dict | None:
         raise BadIndexError(f"the index {out} was built with other weights ({old.get('model')}, fingerprint "
                           f"{old['fingerprint'][:12]}; this model's is {fp[:12]}): use the same model, "
                           f"or pass --rebuild (rebuild=True) to embed everything again")
+    if old.get("fast") != fast:
+        def said(mode):
+            return f"--fast {mode}" if mode else "without --fast"
+
+        raise BadIndexError(f"the index {out} was built {said(old.get('fast'))} and this run is {said(fast)}: "
+                          f"the embeddings would not match; use the same setting, or pass --rebuild "
+                          f"(rebuild=True) to embed everything again")
     if Path(old["root"]) != root:
         raise BadIndexError(f"the index {out} covers {old['root']}, not {root}: choose another --out, "
                           f"or pass --rebuild (rebuild=True) to start it over")
@@ -436,8 +467,8 @@ def _encode_chunk(clip, preprocess, root: Path, files: list, path: Path, fp: str
     _write_shard(path, enc.features.float(), entries, skipped, fp)
 
 
-def _assemble(out: Path, root: Path, fp: str, model: str | None, dim: int, old: dict | None, kept_rows: dict,
-              old_skipped: list, keys: list[str]) -> tuple[dict, BuildReport]:
+def _assemble(out: Path, root: Path, fp: str, shard_fp: str, fast: str | None, model: str | None, dim: int,
+              old: dict | None, kept_rows: dict, old_skipped: list, keys: list[str]) -> tuple[dict, BuildReport]:
     """The new manifest: old shards (rewritten without dropped rows), then this run's shards."""
     from safetensors.torch import load_file
 
@@ -452,8 +483,8 @@ def _assemble(out: Path, root: Path, fp: str, model: str | None, dim: int, old: 
         elif live:
             emb = load_file(str(shard_dir / s["file"]))["embeddings"][live]
             entries = [s["entries"][i] for i in live]
-            name = f"{_chunk_key(fp, [tuple(e) for e in entries])}.safetensors"
-            _write_shard(shard_dir / name, emb, entries, [], fp)
+            name = f"{_chunk_key(shard_fp, [tuple(e) for e in entries])}.safetensors"
+            _write_shard(shard_dir / name, emb, entries, [], shard_fp)
             shards.append({"file": name, "entries": entries})
     skipped = [list(e) for e in old_skipped]
     for key in keys:
@@ -465,7 +496,7 @@ def _assemble(out: Path, root: Path, fp: str, model: str | None, dim: int, old: 
         report.added += len(header["entries"])
         skipped += [list(e) for e in header["skipped"]]
     report.skipped = [(e[0], e[3]) for e in skipped]
-    manifest = {"format": FORMAT, "root": str(root), "model": model, "fingerprint": fp, "dim": dim,
+    manifest = {"format": FORMAT, "root": str(root), "model": model, "fingerprint": fp, "fast": fast, "dim": dim,
                 "count": sum(len(s["entries"]) for s in shards), "shards": shards, "skipped": skipped,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return manifest, report

@@ -316,3 +316,53 @@ def test_two_processes_equal_one(photos, tmp_path, checkpoint):
     assert torch.equal(indexes[1].embeddings(), indexes[2].embeddings())
     assert indexes[1].manifest["shards"] == indexes[2].manifest["shards"]
     assert indexes[1].skipped == indexes[2].skipped == [("broken.png", indexes[1].skipped[0][1])]
+
+
+# ---------------------------------------------------------------------------
+# --fast: the image path is recorded, updates keep it, image queries use it
+# ---------------------------------------------------------------------------
+
+
+def test_fast_bf16_index_stores_the_fast_paths_embeddings(photos, tmp_path, checkpoint):
+    from clipkit.models.fast import fast_model
+    from clipkit.zeroshot import encode_images, resolve_model
+
+    out = tmp_path / "idx"
+    index = Index.build(photos, out, checkpoint, chunk_size=4, fast="bf16").index
+    assert index.fast == "bf16" and json.loads((out / "manifest.json").read_text())["fast"] == "bf16"
+    model, pre = resolve_model(checkpoint)
+    files = [str(photos / p) for p in index.paths]
+    fast = encode_images(fast_model(model, "bf16"), files, preprocess=pre).features
+    plain = encode_images(model, files, preprocess=pre).features
+    torch.testing.assert_close(index.embeddings(), fast.float(), rtol=0, atol=1e-6)
+    assert not torch.equal(index.embeddings(), plain)  # really the bf16 path, not fp32
+    assert float((index.embeddings() * plain).sum(1).min()) > 0.99
+    # an image query goes through the same path: an indexed image scores 1 against itself
+    hit = index.search(image=str(photos / "a" / "img04.png"), k=1)[0]
+    assert hit.path == "a/img04.png" and hit.score == pytest.approx(1.0, abs=1e-5)
+    # an update with the same setting embeds nothing; another setting is refused
+    assert Index.build(photos, out, checkpoint, chunk_size=4, fast="bf16").encoded == 0
+    with pytest.raises(BadIndexError, match="built --fast bf16 and this run is without --fast.*--rebuild"):
+        Index.build(photos, out, checkpoint, chunk_size=4)
+    with pytest.raises(ValueError, match="fast must be one of"):
+        Index.build(photos, tmp_path / "idx2", checkpoint, fast="fp8")
+    report = Index.build(photos, out, checkpoint, chunk_size=4, rebuild=True)
+    assert report.encoded == 14 and report.index.fast is None
+    torch.testing.assert_close(report.index.embeddings(), plain, rtol=0, atol=1e-6)
+
+
+def test_cli_index_fast_int8(photos, tmp_path, checkpoint, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "idx"
+    assert cli(["index", str(photos), "--out", str(out), "--checkpoint", checkpoint, "--fast", "int8",
+                "--quiet"]) == 0
+    index = Index(out)
+    assert index.fast == "int8" and len(index) == 13
+    from clipkit.zeroshot import encode_images, resolve_model
+
+    model, pre = resolve_model(checkpoint)
+    plain = encode_images(model, [str(photos / p) for p in index.paths], preprocess=pre).features
+    assert float((index.embeddings() * plain).sum(1).min()) > 0.99
+    capsys.readouterr()
+    assert cli(["index", str(photos), "--out", str(out), "--checkpoint", checkpoint, "--quiet"]) == 2
+    assert "built --fast int8" in capsys.readouterr().err
