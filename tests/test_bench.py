@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipkit import bench
+from clipkit.evaluation import bench
 from clipkit.models import create_model
 from tests.test_datasets import write_idx
 

@@ -52,7 +52,7 @@ def test_bench_fast_flag_keeps_a_bare_fast_meaning_bf16():
 
 
 def test_bench_int8_uses_onnxruntime_for_images_and_the_fp32_head(tmp_path):
-    from clipkit import bench
+    from clipkit.evaluation import bench
     from clipkit.data.datasets import mnist_idx
     from clipkit.models import create_model, fast_inference
     from clipkit.templates import load_templates

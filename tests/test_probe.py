@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipkit.models import create_model
-from clipkit.probe import PAPER_COARSE_CS, _stratified_split, extract_features, linear_probe
+from clipkit.evaluation.probe import PAPER_COARSE_CS, _stratified_split, extract_features, linear_probe
 
 
 def blobs(n_per_class, seed, dim=16, classes=3, spread=0.35):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipkit.models import create_model
-from clipkit.sensitivity import prompt_sensitivity, sensitivity_from_embeddings, write_report
+from clipkit.evaluation.sensitivity import prompt_sensitivity, sensitivity_from_embeddings, write_report
 from clipkit.zeroshot import build_head, class_embeddings, head_from_embeddings
 
 CLASSES = ["red square", "blue circle", "green triangle", "yellow star"]
@@ -97,3 +97,16 @@ def test_report_files(setup, tmp_path):
     json_path, png_path = write_report(report, tmp_path / "out")
     assert json.loads(json_path.read_text()) == report
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 5000
+
+
+def test_old_module_paths_are_deprecated_aliases_of_the_evaluation_package():
+    import importlib
+    import sys
+
+    from clipkit.evaluation import bench, probe, sensitivity
+
+    for name, moved in (("bench", bench), ("probe", probe), ("sensitivity", sensitivity)):
+        sys.modules.pop(f"clipkit.{name}", None)
+        with pytest.warns(DeprecationWarning, match=f"clipkit.evaluation.{name}"):
+            old = importlib.import_module(f"clipkit.{name}")
+        assert old is moved and sys.modules[f"clipkit.{name}"] is moved

@@ -50,7 +50,7 @@ def test_default_model_tells_a_red_circle_from_a_blue_square(shipped):
 
 
 def test_results_name_the_default_model():
-    from clipkit.bench import _model_name
+    from clipkit.evaluation.bench import _model_name
 
     assert _model_name(None, object()) == "clipkit-synth (default)"
     assert _model_name("ViT-B/32", object()) == "ViT-B/32"

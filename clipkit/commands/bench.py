@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipkit.bench import run_benchmark
+    from clipkit.evaluation.bench import run_benchmark
 
     if args.list_models:
         from clipkit.models import available_models

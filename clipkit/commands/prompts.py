@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipkit.data.datasets import DatasetLayoutError
-    from clipkit.sensitivity import sensitivity_report
+    from clipkit.evaluation.sensitivity import sensitivity_report
 
     try:
         report = sensitivity_report(args.inputs, args.classes, args.templates, args.checkpoint or args.model,
