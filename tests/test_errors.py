@@ -308,12 +308,12 @@ def test_zip_bomb_storage_refused_before_allocating(tmp_path, monkeypatch):
     src = _scripted(tmp_path, torch.zeros(1 << 18))  # 1 MiB of zeros
     bomb = _deflated(src, tmp_path / "bomb.pt")
     assert bomb.stat().st_size < 20_000
-    from clipkit import _pickle
+    from clipkit.checkpoints import safe_pickle
 
-    monkeypatch.setattr(_pickle, "SMALL_STORAGE_BYTES", 1 << 16)
+    monkeypatch.setattr(safe_pickle, "SMALL_STORAGE_BYTES", 1 << 16)
     with pytest.raises(ck.CheckpointError, match="decompression bomb"):
         ck.read_torchscript_archive(bomb)
-    monkeypatch.setattr(_pickle, "SMALL_STORAGE_BYTES", 1 << 24)  # a small storage may expand: read exactly
+    monkeypatch.setattr(safe_pickle, "SMALL_STORAGE_BYTES", 1 << 24)  # a small storage may expand: read exactly
     assert ck.read_torchscript_archive(bomb)["big"].shape == (1 << 18,)
 
 
@@ -343,19 +343,19 @@ def test_archive_cap_covers_the_largest_architecture():
 
 
 def test_stream_longer_or_shorter_than_declared_is_refused(tmp_path):
-    from clipkit._pickle import read_zip_storage
+    from clipkit.checkpoints.safe_pickle import read_zip_storage
 
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
         zf.writestr(zipfile.ZipInfo("x/data/0"), b"\0" * 64)
     with zipfile.ZipFile(tmp_path / "z.zip") as zf:
         info = zf.getinfo("x/data/0")
-        assert read_zip_storage(zf, info, 64, ck.CheckpointError) == bytearray(64)
+        assert read_zip_storage(zf, info, 64) == bytearray(64)
         with pytest.raises(ck.CheckpointError, match="holds 64 bytes, expected 32"):
-            read_zip_storage(zf, info, 32, ck.CheckpointError)
+            read_zip_storage(zf, info, 32)
         for lie in (32, 128):  # a central directory that lies about the size: never a bigger buffer
             info.file_size = lie
             with pytest.raises(ck.CheckpointError, match=f"corrupt storage|ends after 64 of {lie}"):
-                read_zip_storage(zf, info, lie, ck.CheckpointError)
+                read_zip_storage(zf, info, lie)
 
 
 def _deep_pickle(depth: int) -> bytes:
@@ -486,17 +486,17 @@ def test_random_bytes_and_truncations_raise_only_our_errors(tmp_path_factory, da
 
 
 def test_dvae_reader_shares_the_bounds(tmp_path, monkeypatch):
-    from clipkit import _pickle
+    from clipkit.checkpoints import safe_pickle
     from clipkit.generator.openai_dvae import PickleRefused, read_pickled_state_dict
 
     plain = tmp_path / "plain.pkl"
     torch.save({"w": torch.zeros(1 << 18)}, plain)  # 1 MiB of zeros, a zip archive
     bomb = _deflated(plain, tmp_path / "bomb.pkl")
-    monkeypatch.setattr(_pickle, "SMALL_STORAGE_BYTES", 1 << 16)
+    monkeypatch.setattr(safe_pickle, "SMALL_STORAGE_BYTES", 1 << 16)
     with pytest.raises(PickleRefused, match="decompression bomb") as info:
         read_pickled_state_dict(bomb)
     assert isinstance(info.value, ClipkitError) and str(bomb) in str(info.value)
-    monkeypatch.setattr(_pickle, "SMALL_STORAGE_BYTES", 1 << 24)
+    monkeypatch.setattr(safe_pickle, "SMALL_STORAGE_BYTES", 1 << 24)
     assert read_pickled_state_dict(bomb)["w"].shape == (1 << 18,)
 
 

@@ -1,14 +1,19 @@
-"""The tensor rebuilders shared by the restricted unpicklers (clipkit._pickle)."""
+"""The one restricted unpickler (clipkit.checkpoints.safe_pickle): its tensor rebuilders,
+and its one error type whichever reader meets a hostile pickle."""
 import pickle
+import struct
+import zipfile
 
 import pytest
 import torch
 
-from clipkit._pickle import STORAGE_DTYPES, StorageType, storage_type, tensor_rebuilders
-from clipkit.checkpoints import CheckpointError
+from clipkit.checkpoints import CheckpointError, read_torchscript_archive
+from clipkit.checkpoints.safe_pickle import (STORAGE_DTYPES, PickleRefused, StorageType, storage_type,
+                                             tensor_rebuilders)
+from clipkit.generator import openai_dvae
 from clipkit.generator.openai_dvae import read_pickled_state_dict
 
-REBUILD = tensor_rebuilders(ValueError)[("torch._utils", "_rebuild_tensor_v2")]
+REBUILD = tensor_rebuilders()[("torch._utils", "_rebuild_tensor_v2")]
 
 
 def test_rebuild_is_the_strided_view_torch_would_make():
@@ -26,7 +31,6 @@ def test_rebuild_counts_the_offset_from_the_start_of_a_storage_view():
     assert t.tolist() == [[12.0, 13.0], [14.0, 15.0]]
 
 
-@pytest.mark.parametrize("error", [CheckpointError, ValueError])
 @pytest.mark.parametrize("offset,size,stride", [
     (0, (5, 5), (5, 1)),      # 25 elements from a storage of 20
     (16, (5,), (1,)),         # the offset pushes it past the end
@@ -34,10 +38,9 @@ def test_rebuild_counts_the_offset_from_the_start_of_a_storage_view():
     (-1, (2,), (1,)),         # a negative offset
     (0, (2,), (-1,)),         # a negative stride
 ])
-def test_a_record_that_does_not_fit_its_storage_raises_the_readers_error(error, offset, size, stride):
-    rebuild = tensor_rebuilders(error)[("torch._utils", "_rebuild_tensor_v2")]
-    with pytest.raises(error):
-        rebuild(torch.zeros(20), offset, size, stride)
+def test_a_record_that_does_not_fit_its_storage_is_refused(offset, size, stride):
+    with pytest.raises(PickleRefused):
+        REBUILD(torch.zeros(20), offset, size, stride)
 
 
 def test_empty_tensors_need_no_storage():
@@ -46,7 +49,7 @@ def test_empty_tensors_need_no_storage():
 
 def test_v3_reinterprets_an_untyped_storage_as_the_dtype():
     raw = torch.tensor([1.5, -2.0], dtype=torch.float32).view(torch.uint8)
-    v3 = tensor_rebuilders(ValueError)[("torch._utils", "_rebuild_tensor_v3")]
+    v3 = tensor_rebuilders()[("torch._utils", "_rebuild_tensor_v3")]
     assert v3(raw, 0, (2,), (1,), False, None, torch.float32).tolist() == [1.5, -2.0]
 
 
@@ -77,3 +80,30 @@ def test_refused_pickle_is_still_refused(tmp_path):
     torch.save({"x": torch.zeros(1), "evil": Evil()}, path)
     with pytest.raises(pickle.UnpicklingError):
         read_pickled_state_dict(path)
+
+
+def _calls(module: str, name: str, arg: str) -> bytes:
+    """A protocol-2 pickle that calls module.name(arg) when loaded: GLOBAL, BINUNICODE, TUPLE1, REDUCE."""
+    text = arg.encode()
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + struct.pack("<I", len(text)) + text + b"\x85R."
+
+
+def test_one_error_type_for_both_readers(tmp_path):
+    assert issubclass(PickleRefused, CheckpointError) and issubclass(PickleRefused, pickle.UnpicklingError)
+    assert openai_dvae.PickleRefused is PickleRefused  # the generator's name for it still works
+    marker = tmp_path / "pwned"
+    for module, name, arg in (("os", "system", f"touch {marker}"), ("builtins", "eval", f"open({str(marker)!r}, 'w')")):
+        payload = _calls(module, name, arg)
+        archive = tmp_path / f"{name}.pt"  # a TorchScript archive whose data.pkl is the payload
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("evil/data.pkl", payload)
+            zf.writestr("evil/constants.pkl", pickle.dumps(()))
+            zf.writestr("evil/code/__torch__.py", "")
+        module_file = tmp_path / f"{name}.pkl"  # a torch.save zip archive whose data.pkl is the payload
+        with zipfile.ZipFile(module_file, "w") as zf:
+            zf.writestr("evil/data.pkl", payload)
+        for read, path in ((read_torchscript_archive, archive), (read_pickled_state_dict, module_file)):
+            with pytest.raises(PickleRefused, match=f"{module}\\.{name}") as info:
+                read(path)
+            assert type(info.value) is PickleRefused and str(path) in str(info.value)
+    assert not marker.exists()

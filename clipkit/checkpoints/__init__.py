@@ -19,15 +19,17 @@ Every format ends as a state dict with OpenAI's key names; each converter is a p
 
 The package, one job per module: `loader` (`load`), `formats` (reading any format,
 writing safetensors), `convert` (key-name converters and architecture inference),
-`torchscript` (the restricted archive reader), `hub` (names, URLs, the shipped files,
-the cache, download), `errors`.
+`torchscript` (the TorchScript archive reader), `safe_pickle` (the one restricted
+unpickler and its bounded zip reading, which the TorchScript reader and the pickled-module
+reader of `clipkit.generator.openai_dvae` share; every refusal is a `PickleRefused`),
+`hub` (names, URLs, the shipped files, the cache, download), `errors`.
 """
 from __future__ import annotations
 
 from clipkit.checkpoints.convert import (clean_state_dict, hf_config_to_clip, hf_to_openai, infer_config,
                                          unwrap_state_dict)
 from clipkit.checkpoints.errors import (ACCEPTED_FORMATS, CheckpointError, ChecksumError, DownloadError,
-                                        ModelNotFoundError, UnsafeCheckpointError)
+                                        ModelNotFoundError, PickleRefused, UnsafeCheckpointError)
 from clipkit.checkpoints.formats import load_state_dict, save
 from clipkit.checkpoints.hub import _PACKAGE_DIR, _SHIPPED, OPENAI_URLS, download, sha256_from_url, verify_file
 from clipkit.checkpoints.loader import _SkipInit, load
@@ -36,7 +38,7 @@ from clipkit.checkpoints.torchscript import is_torchscript_archive, read_torchsc
 __all__ = [
     "load", "save", "load_state_dict", "infer_config", "download",
     "hf_to_openai", "hf_config_to_clip", "read_torchscript_archive", "clean_state_dict",
-    "unwrap_state_dict", "CheckpointError", "UnsafeCheckpointError", "DownloadError", "ModelNotFoundError",
-    "ChecksumError", "OPENAI_URLS", "ACCEPTED_FORMATS", "is_torchscript_archive", "sha256_from_url",
-    "verify_file",
+    "unwrap_state_dict", "CheckpointError", "UnsafeCheckpointError", "PickleRefused", "DownloadError",
+    "ModelNotFoundError", "ChecksumError", "OPENAI_URLS", "ACCEPTED_FORMATS", "is_torchscript_archive",
+    "sha256_from_url", "verify_file",
 ]

@@ -1,6 +1,8 @@
 """The checkpoint readers' error types."""
 from __future__ import annotations
 
+import pickle
+
 from clipkit.errors import ClipkitError
 
 
@@ -15,6 +17,13 @@ class CheckpointError(ClipkitError, RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The file can only be read by unpickling arbitrary Python objects."""
+
+
+class PickleRefused(CheckpointError, pickle.UnpicklingError):
+    """A pickle asked for something the restricted unpickler does not run or import, or its
+    data do not fit what it declares (a corrupt or hostile file). The one error type of
+    `clipkit.checkpoints.safe_pickle`, whichever reader (TorchScript archive, pickled module)
+    met it."""
 
 
 class ModelNotFoundError(CheckpointError, FileNotFoundError):

@@ -9,13 +9,12 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from clipkit import _pickle
-from clipkit._pickle import StorageType, storage_type, tensor_rebuilders
-from clipkit.checkpoints.errors import CheckpointError
+from clipkit.checkpoints import safe_pickle
+from clipkit.checkpoints.errors import CheckpointError, PickleRefused
+from clipkit.checkpoints.safe_pickle import Record, RestrictedUnpickler
 
 StateDict = dict[str, torch.Tensor]
 
@@ -24,71 +23,32 @@ StateDict = dict[str, torch.Tensor]
 # OpenAI TorchScript archives, read without TorchScript or arbitrary unpickling
 # ---------------------------------------------------------------------------
 
-class _ScriptObject:
-    """Stands in for a TorchScript class (`__torch__.*`): records the state it is given.
-
-    The archive's module tree is rebuilt from these; their `state` dicts hold the
-    parameters, buffers, submodules and plain attributes by name.
-    """
-
-    _qualname = "__torch__"
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
 def _identity(value, *_unused):
     return value
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds tensors and TorchScript module state; refuses every other global.
+def _is_torchscript_class(module: str, _name: str) -> bool:
+    """TorchScript classes (`__torch__.*`) become inert records of their state: the archive's
+    module tree, whose `state` dicts hold parameters, buffers, submodules and attributes."""
+    return module == "__torch__" or module.startswith("__torch__.")
 
-    `find_class` never imports anything: each allowed name maps to a local function
-    or stand-in class, so loading an archive cannot run code from it.
-    """
 
-    _ALLOWED = {
-        **tensor_rebuilders(CheckpointError),
-        ("collections", "OrderedDict"): dict,
-        ("builtins", "set"): set,
-        # TorchScript tags typed lists/dicts; the values themselves are plain.
-        ("torch.jit._pickle", "restore_type_tag"): _identity,
-        ("torch.jit._pickle", "build_intlist"): list,
-        ("torch.jit._pickle", "build_doublelist"): list,
-        ("torch.jit._pickle", "build_boollist"): list,
-        ("torch.jit._pickle", "build_tensorlist"): list,
-    }
+# What data.pkl may name besides tensors: each maps to a local function or type.
+_ALLOWED = {
+    ("collections", "OrderedDict"): dict,
+    ("builtins", "set"): set,
+    # TorchScript tags typed lists/dicts; the values themselves are plain.
+    ("torch.jit._pickle", "restore_type_tag"): _identity,
+    ("torch.jit._pickle", "build_intlist"): list,
+    ("torch.jit._pickle", "build_doublelist"): list,
+    ("torch.jit._pickle", "build_boollist"): list,
+    ("torch.jit._pickle", "build_tensorlist"): list,
+}
 
-    def __init__(self, file, load_storage):
-        super().__init__(file)
-        self._load_storage = load_storage
-        self._classes: dict[str, type] = {}
 
-    def find_class(self, module: str, name: str):
-        storage = storage_type(module, name)
-        if storage is not None:
-            return storage
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        if module == "__torch__" or module.startswith("__torch__."):
-            qualname = f"{module}.{name}"
-            if qualname not in self._classes:
-                self._classes[qualname] = type("ScriptObject", (_ScriptObject,), {"_qualname": qualname})
-            return self._classes[qualname]
-        raise CheckpointError(
-            f"the archive's data.pkl references {module}.{name}, which is not needed to "
-            "rebuild tensors; refusing to load it (only tensors and TorchScript module "
-            "state are read)"
-        )
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], StorageType) and isinstance(pid[2], str)
-                and isinstance(pid[4], int) and pid[4] >= 0):
-            raise CheckpointError(f"unexpected persistent id in data.pkl: {pid!r}")
-        _, stype, key, _location, numel = pid
-        return self._load_storage(key, stype.dtype, numel)
+def _unpickler(file, load_storage) -> RestrictedUnpickler:
+    return RestrictedUnpickler(file, load_storage, allow=_ALLOWED, records=_is_torchscript_class,
+                               source="the archive's data.pkl", what="tensors and TorchScript module state")
 
 
 def _zip_entry_offset(mm: mmap.mmap, info: zipfile.ZipInfo) -> int:
@@ -117,11 +77,11 @@ def is_torchscript_archive(names: list[str]) -> bool:
     return any(n.startswith(prefix + "code/") or n == prefix + "constants.pkl" for n in names)
 
 
-def _collect_tensors(root: _ScriptObject) -> StateDict:
+def _collect_tensors(root: Record) -> StateDict:
     """Every tensor under `root`, by dotted path; iterative, so any nesting depth is fine."""
     out: StateDict = {}
     seen: set[int] = set()
-    stack: list[tuple[_ScriptObject, str]] = [(root, "")]
+    stack: list[tuple[Record, str]] = [(root, "")]
     while stack:
         obj, prefix = stack.pop()
         if id(obj) in seen:
@@ -136,7 +96,7 @@ def _collect_tensors(root: _ScriptObject) -> StateDict:
                 continue
             if isinstance(value, torch.Tensor):
                 out[prefix + key] = value
-            elif isinstance(value, _ScriptObject):
+            elif isinstance(value, Record):
                 children.append((value, f"{prefix}{key}."))
         stack.extend(reversed(children))  # depth first, in the file's order
     return out
@@ -145,7 +105,7 @@ def _collect_tensors(root: _ScriptObject) -> StateDict:
 # Bounds on what an archive may make us allocate, checked before allocating. The largest
 # registered architecture (RN50x64) has 623,669,128 weights: 2.49 GB in float32; no real
 # CLIP archive needs more than that (the released ones are float16, half of it).
-# A compressed storage is further bounded by clipkit._pickle.read_zip_storage (zip bombs).
+# A compressed storage is further bounded by safe_pickle.read_zip_storage (zip bombs).
 MAX_ARCHIVE_BYTES = 623_669_128 * 4 * 21 // 20  # +5% for non-weight tensors (attn_mask, ...)
 
 
@@ -200,23 +160,23 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
                 storage = torch.frombuffer(mm, dtype=dtype, count=numel, offset=offset) if numel else \
                     torch.empty(0, dtype=dtype)
             else:  # compressed or misaligned: one copy, of exactly the declared size, bounded
-                raw = _pickle.read_zip_storage(zf, info, nbytes, CheckpointError)
+                raw = safe_pickle.read_zip_storage(zf, info, nbytes)
                 storage = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
             storages[key] = storage
             return storage
 
         with zf.open(infos[data_pkl]) as pkl:
             try:
-                root = _RestrictedUnpickler(pkl, load_storage).load()
-            except CheckpointError as e:
-                raise CheckpointError(f"{path}: {e}") from None
+                root = _unpickler(pkl, load_storage).load()
+            except CheckpointError as e:  # PickleRefused stays PickleRefused
+                raise type(e)(f"{path}: {e}") from None
             except RecursionError:
-                raise CheckpointError(f"{path}: data.pkl is nested too deeply to be a model's state; "
-                                      "refusing it") from None
+                raise PickleRefused(f"{path}: data.pkl is nested too deeply to be a model's state; "
+                                    "refusing it") from None
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                     IndexError, KeyError, zipfile.BadZipFile, zlib.error, OverflowError, MemoryError) as e:
                 raise CheckpointError(f"{path}: corrupt data.pkl ({type(e).__name__}: {e})") from e
-    if not isinstance(root, _ScriptObject):
+    if not isinstance(root, Record):
         raise CheckpointError(f"{path}: data.pkl does not hold a TorchScript module")
     return _collect_tensors(root)
 

@@ -3,7 +3,8 @@
 The released files are `torch.save` of whole `dall_e.Encoder` / `dall_e.Decoder` modules:
 loading them with `torch.load` imports the `dall_e` package and runs whatever the pickle
 names, and breaks on torch >= 1.11 anyway (their `nn.Upsample` lacks
-`recompute_scale_factor`). Here they are read by a restricted unpickler that rebuilds
+`recompute_scale_factor`). Here they are read by clipkit's one restricted unpickler
+(`clipkit.checkpoints.safe_pickle`, which also reads TorchScript archives), rebuilding
 tensors only: every other object it meets is recorded as its class name and state (plain
 dicts), and any call to a function outside a short allowlist is refused. The recorded
 modules are flattened to a state dict (`blocks.group_1.block_1.res_path.conv_1.w`, ...)
@@ -21,7 +22,6 @@ from __future__ import annotations
 import collections
 import io
 import os
-import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -29,16 +29,11 @@ from typing import Any
 
 import torch
 
-from clipkit._pickle import StorageType, read_zip_storage, storage_type, tensor_rebuilders
-from clipkit.errors import ClipkitError
+from clipkit.checkpoints.errors import PickleRefused
+from clipkit.checkpoints.safe_pickle import Record, RestrictedUnpickler, read_zip_storage
 from clipkit.generator.dvae import DVAE, DVAEConfig
 
 __all__ = ["PickleRefused", "read_pickled_state_dict", "convert_openai_dvae", "load_openai_dvae"]
-
-
-class PickleRefused(ClipkitError, pickle.UnpicklingError):
-    """A pickle asked to call something the restricted reader does not run, or its data do
-    not fit what it declares (a corrupt or hostile file)."""
 
 
 # Bound on what one file may make the reader allocate: the released encoder and decoder
@@ -51,47 +46,15 @@ MAX_FILE_BYTES = 4 * 1024 ** 3
 # ---------------------------------------------------------------------------
 
 
-class _Record:
-    """An object of a class that is never imported: its class name and its pickled state."""
-
-    module = "?"
-    name = "?"
-
-    def __new__(cls, *args):  # NEWOBJ: cls.__new__(cls, *args); nothing of the real class runs
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):  # only reached when the pickle *calls* the class (REDUCE/INST)
-        raise PickleRefused(f"the pickle calls {self.module}.{self.name}(...); the restricted reader "
-                            "only records objects' state")
-
-    def __setstate__(self, state):  # BUILD
-        self.state = state
-
-    def __repr__(self):
-        return f"<record {self.module}.{self.name}>"
-
-
-_record_classes: dict[tuple[str, str], type] = {}
-
-
-def _record_class(module: str, name: str) -> type:
-    key = (module, name)
-    if key not in _record_classes:
-        _record_classes[key] = type(name, (_Record,), {"module": module, "name": name})
-    return _record_classes[key]
-
-
 def _encode(text: str, encoding: str = "latin1") -> bytes:  # how protocol 2 pickles bytes
     if encoding != "latin1":
         raise PickleRefused(f"_codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
-# The only functions a pickle may call; all are pure and build plain data.
+# The only functions a pickle may call besides the tensor rebuilders; all are pure and
+# build plain data. Any other class is recorded as its name and state, never called.
 _SAFE_CALLS: dict[tuple[str, str], Any] = {
-    **tensor_rebuilders(ValueError),  # a record that overruns its storage is a corrupt file
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set, ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
@@ -101,42 +64,12 @@ _SAFE_CALLS: dict[tuple[str, str], Any] = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, load_storage):
-        super().__init__(file)
-        self._load_storage = load_storage
+def _record_any(_module: str, _name: str) -> bool:
+    return True
 
-    def find_class(self, module: str, name: str):
-        if (module, name) in _SAFE_CALLS:
-            return _SAFE_CALLS[(module, name)]
-        storage = storage_type(module, name)
-        if storage is not None:
-            return storage
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)  # a dtype constant, not a call
-        return _record_class(module, name)
 
-    def persistent_load(self, pid):
-        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
-            # The legacy format (torch < 1.6, the released DALL·E files) saves each nn.Module
-            # class as ('module', class, source_file, source) so that torch.load can warn when
-            # the source changed. The class was resolved by find_class to a record (nothing
-            # imported); the source is a plain string, read as data and never compiled.
-            cls = pid[1]
-            if not (isinstance(cls, type) and issubclass(cls, _Record)):
-                raise PickleRefused(f"unexpected class in a module persistent id: {cls!r:.80}")
-            return cls
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise PickleRefused(f"unexpected persistent id {pid!r:.80}")
-        stype, key, _location, numel = pid[1:5]
-        view = pid[5] if len(pid) > 5 else None
-        if not isinstance(stype, StorageType):
-            raise PickleRefused(f"unexpected storage type {stype!r}")
-        storage = self._load_storage(str(key), stype.dtype, int(numel))
-        if view is not None:  # legacy storage views: (view_key, offset, size)
-            _, offset, size = view
-            storage = storage[offset:offset + size]
-        return storage
+def _unpickler(file, load_storage=None) -> RestrictedUnpickler:
+    return RestrictedUnpickler(file, load_storage, allow=_SAFE_CALLS, records=_record_any, module_pids=True)
 
 
 def _read_zip(path: Path) -> Any:
@@ -158,15 +91,14 @@ def _read_zip(path: Path) -> Any:
                 info = zf.getinfo(f"{prefix}data/{key}")
             except KeyError:
                 raise PickleRefused(f"the pickle refers to storage {key}, which the archive lacks") from None
-            raw = read_zip_storage(zf, info, nbytes, PickleRefused)  # bounded: exactly nbytes
+            raw = read_zip_storage(zf, info, nbytes)  # bounded: exactly nbytes
             t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
             return t.view(dtype)
 
         info = zf.getinfo(pkl)
         if info.file_size > MAX_FILE_BYTES:
             raise PickleRefused(f"{pkl} declares {info.file_size:,} bytes")
-        return _RestrictedUnpickler(io.BytesIO(read_zip_storage(zf, info, info.file_size, PickleRefused)),
-                                    load_storage).load()
+        return _unpickler(io.BytesIO(read_zip_storage(zf, info, info.file_size)), load_storage).load()
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -175,11 +107,11 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 def _read_legacy(path: Path) -> Any:
     """torch.save's format before 1.6: pickles, then every storage's raw bytes in key order."""
     with open(path, "rb") as f:
-        header = _RestrictedUnpickler(f, None)
+        header = _unpickler(f)
         if header.load() != _LEGACY_MAGIC:
             raise ValueError(f"{path}: not a torch.save file (no zip archive, no legacy magic number)")
-        _RestrictedUnpickler(f, None).load()  # protocol version
-        _RestrictedUnpickler(f, None).load()  # sys info
+        _unpickler(f).load()  # protocol version
+        _unpickler(f).load()  # sys info
         storages: dict[str, torch.Tensor] = {}
 
         left = os.fstat(f.fileno()).st_size  # the storages' bytes follow the pickles in the file
@@ -193,8 +125,8 @@ def _read_legacy(path: Path) -> Any:
                 storages[key] = torch.empty(numel, dtype=dtype)  # filled below
             return storages[key]
 
-        result = _RestrictedUnpickler(f, load_storage).load()
-        keys = _RestrictedUnpickler(f, None).load()
+        result = _unpickler(f, load_storage).load()
+        keys = _unpickler(f).load()
         for key in keys:
             t = storages[str(key)]
             numel = int.from_bytes(f.read(8), "little")
@@ -211,7 +143,7 @@ def _read_legacy(path: Path) -> Any:
 
 def _flatten(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
     """Collect parameters and persistent buffers of a recorded nn.Module tree."""
-    state = obj.state if isinstance(obj, _Record) else None
+    state = obj.state if isinstance(obj, Record) else None
     if not isinstance(state, dict):
         raise ValueError(f"{prefix or 'the top-level object'} is {obj!r}, not a pickled module")
     skip = state.get("_non_persistent_buffers_set") or set()
