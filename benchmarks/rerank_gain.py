@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 N_VALUES = (1, 4, 16, 32, 64)
-TARGET_POINTS = 20.0  # the target: top-1 of 32 at least 20 points above random
+TARGET_POINTS = 20.0  # the target benchmarks/README.md reports against: top-1 of 32 at least 20 points above random
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def load_judge(spec: str | None):
 def build_captions(pairs: list[tuple[str, str]], per_pair: int) -> list[dict]:
     from clipkit.data.synth import SHAPE_TEMPLATES
 
-    # "a {}" first: the wording; the others are training-grammar paraphrases.
+    # "a {}" first: the plain caption the target is stated for; the others are training-grammar paraphrases.
     templates = ["a {}"] + [t for t in SHAPE_TEMPLATES if t != "a {}"]
     if per_pair > len(templates):
         raise ValueError(f"--captions-per-pair {per_pair} is more than the {len(templates)} templates")

@@ -304,7 +304,7 @@ def _deflated(src: Path, dst: Path) -> Path:
 
 
 def test_zip_bomb_storage_refused_before_allocating(tmp_path, monkeypatch):
-    # zeros deflate about 1000:1, like the reported 1 MB -> 1 GiB file; small sizes, lowered bounds
+    # zeros deflate about 1000:1 (a 1 MB file can hold 1 GiB of them); small sizes, lowered bounds
     src = _scripted(tmp_path, torch.zeros(1 << 18))  # 1 MiB of zeros
     bomb = _deflated(src, tmp_path / "bomb.pt")
     assert bomb.stat().st_size < 20_000

@@ -1,5 +1,5 @@
-"""Every code block in the README runs as written (issue: the API example once failed on
-its second line). Python blocks run in one fresh interpreter each; in shell blocks every
+"""Every code block in the README runs as written (the API example once failed on its
+second line). Python blocks run in one fresh interpreter each; in shell blocks every
 `clipkit ...` command runs, in a folder holding the small files they name."""
 from __future__ import annotations
 

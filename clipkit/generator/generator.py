@@ -5,9 +5,9 @@
     best = gen.generate("a green pentagon", n=64, rerank=Reranker(), top_k=4)
     best.scores                                                      # CLIP scores, best first
 
-Two different "top k"s: `top_k` is the number of images kept after reranking (the issue
-8 hook, `generate(caption, n=…, rerank=reranker, top_k=…)`); `filter_top_k` / `top_p`
-filter the image-code distribution at each sampling step.
+Two different "top k"s: `top_k` is the number of images kept after reranking (the
+reranking hook, `generate(caption, n=…, rerank=reranker, top_k=…)`); `filter_top_k` /
+`top_p` filter the image-code distribution at each sampling step.
 
 The caption is tokenized once, by the shared CLIP tokenizer: the framed ids feed the
 transformer (padding replaced by per-position pad tokens) and, when the reranker takes a
