@@ -63,8 +63,10 @@ from clipkit.models.config import CLIPConfig, get_config
 from clipkit.training.contrastive import (MAX_LOGIT_SCALE, PRECISIONS, ContrastiveModel, LossOutput,  # noqa: F401
                                           autocast_context, clamp_logit_scale, clip_loss, forward_loss,
                                           gather_features, gather_sizes, train_step)
-from clipkit.training.schedule import WarmupCosine, param_groups, warmup_cosine  # noqa: F401
-from clipkit.training.state import (_log_line, _rng_state, _set_rng_state, _trim_log, atomic_save,
+from clipkit.training.params import param_groups  # noqa: F401
+from clipkit.training.schedule import WarmupCosine, warmup_cosine  # noqa: F401
+from clipkit.training.loop import Trainer
+from clipkit.training.state import (_log_line, _rng_state, _set_rng_state, _trim_log, atomic_save,  # noqa: F401
                                     load_checkpoint)
 
 
@@ -214,6 +216,7 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
     against its four candidate captions (`relation`, so runs with and without hard
     negatives compare); a robust-digit run also reads robust-style digits (`digits_robust`)."""
     from clipkit.data import synth
+    from clipkit.encode import encode_images
     from clipkit.zeroshot import build_head, encode_prompts
 
     size = clip.config.vision.image_size
@@ -236,15 +239,13 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
                 # cache=False: the weights change between evaluations
                 head = build_head(clip, eval_set.classnames, eval_set.templates, tokenizer=tokenizer,
                                   cache=False, progress=False)
-                correct = 0
-                for start in range(0, len(eval_set), 100):
-                    x = torch.stack([preprocess(im) for im in eval_set.images[start:start + 100]]).to(device)
-                    pred = head(clip.encode_image(x)).argmax(-1).cpu()
-                    correct += int((pred == torch.tensor(eval_set.labels[start:start + 100])).sum())
-                results[name] = correct / len(eval_set)
+                image = encode_images(clip, eval_set.images, preprocess=preprocess, batch_size=100,
+                                      progress=False).features  # (N, D), normalised, on the CPU
+                pred = head(image.to(device)).argmax(-1).cpu()
+                results[name] = int((pred == torch.tensor(eval_set.labels)).sum()) / len(eval_set)
             if len(relations):
-                x = torch.stack([preprocess(im) for im in relations.images]).to(device)
-                image = F.normalize(clip.encode_image(x).float(), dim=-1).cpu()  # (N, D)
+                image = encode_images(clip, relations.images, preprocess=preprocess, batch_size=len(relations),
+                                      progress=False).features  # (N, D)
                 flat = [c for row in relations.candidates for c in row]  # N x 4 captions, row-major
                 text = encode_prompts(clip, flat, tokenizer=tokenizer, progress=False).view(len(relations), 4, -1)
                 pred = torch.einsum("nd,nkd->nk", image, text).argmax(-1)
@@ -297,7 +298,7 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         path = ckpt_path if resume is True else Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, kind="clip")
         missing = [k for k in ("model", "model_config", "optimizer", "scheduler", "step", "samples_seen", "rng")
                    if k not in state]
         if missing:
@@ -317,18 +318,19 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
     optimizer = make_optimizer(clip, cfg)
     scheduler = make_scheduler(optimizer, cfg)
-
-    step, samples_seen = 0, 0
+    samples_seen = 0
+    log_path = out / "log.jsonl"
+    trainer = Trainer(clip, optimizer, scheduler, kind="clip", steps=cfg.steps, stop_at=cfg.stop_at,
+                      checkpoint=ckpt_path, save_every=cfg.save_every, log_every=cfg.log_every,
+                      log=lambda record: _log_line(log_path, record), main=info.rank == 0,
+                      state=lambda: {"samples_seen": samples_seen, "model_config": model_config.to_dict(),
+                                     "train_config": cfg.to_dict()})
     if state is not None:
-        clip.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # The schedule follows this run's settings (they may extend --steps).
-        scheduler.lr_lambdas = [WarmupCosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-                                for _ in optimizer.param_groups]
-        step, samples_seen = int(state["step"]), int(state["samples_seen"])
-        _set_rng_state(state["rng"])
+        trainer.restore(state)  # the schedule follows this run's settings (they may extend --steps)
+        samples_seen = int(state["samples_seen"])
         del state
+        if trainer.step > 0 and info.rank == 0:
+            _trim_log(log_path, trainer.step)
     elif info.rank == 0:
         (out / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2) + "\n")
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -338,8 +340,8 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train",
                        mix=cfg.mix, digit_style=cfg.digit_style)
     dataset = SynthPairs(world, preprocess, tokenizer, model_config.text.context_length, cfg.hard_negatives)
-    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
-    sampler = GlobalBatchSampler(samples_seen, max(0, last - step), cfg.batch_size, info.rank, info.world_size)
+    sampler = GlobalBatchSampler(samples_seen, max(0, trainer.end - trainer.step), cfg.batch_size, info.rank,
+                                 info.world_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_pairs,
         # A private generator: creating the iterator must not consume the global RNG.
@@ -347,81 +349,75 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         persistent_workers=False,
     )
 
-    def save(step: int, samples_seen: int) -> None:
-        if info.rank != 0:
-            return
-        atomic_save({
-            "model": clip.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "samples_seen": samples_seen,
-            "rng": _rng_state(),
-            "model_config": model_config.to_dict(),
-            "train_config": cfg.to_dict(),
-        }, ckpt_path)
-
-    log_path = out / "log.jsonl"
-    if step > 0 and info.rank == 0:
-        _trim_log(log_path, step)
-    record: dict = {}
-    window = {"loss": 0.0, "i2t": 0.0, "t2i": 0.0, "n": 0.0, "steps": 0, "t0": time.perf_counter()}
+    window = _Window()
     bar = None
     if info.rank == 0 and cfg.progress:
         from clipkit.utils import progress_bar
 
-        bar = progress_bar(last, initial=step, desc="train", unit="step", progress=True)
-    try:
-        for images, ids in loader:
-            images, ids = images.to(info.device, non_blocking=True), ids.to(info.device, non_blocking=True)
-            lr = optimizer.param_groups[0]["lr"]
-            result = train_step(model, clip, images, ids, optimizer, scheduler, cfg.precision,
-                                uneven=cfg.hard_negatives)
-            step += 1
-            samples_seen += cfg.batch_size
-            window["loss"] += float(result.loss.detach())
-            window["i2t"] += float(result.correct_i2t)
-            window["t2i"] += float(result.correct_t2i)
-            window["n"] += result.n
-            window["steps"] += 1
-            if step % cfg.log_every == 0 or step == last:
-                loss_sum, i2t, t2i, n = _all_reduce_sum(
-                    [window["loss"], window["i2t"], window["t2i"], window["n"]], info.device)
-                elapsed = time.perf_counter() - window["t0"]
-                record = {
-                    "step": step,
-                    "loss": loss_sum / (window["steps"] * info.world_size),
-                    "acc_i2t": i2t / n,
-                    "acc_t2i": t2i / n,
-                    "lr": lr,
-                    "logit_scale": float(clip.logit_scale.detach().exp()),
-                    "samples_per_s": window["steps"] * cfg.batch_size / max(elapsed, 1e-9),
-                }
-                if info.rank == 0:
-                    _log_line(log_path, record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc_i2t']:.2f}",
-                                        scale=f"{record['logit_scale']:.1f}")
-                window = {"loss": 0.0, "i2t": 0.0, "t2i": 0.0, "n": 0.0, "steps": 0, "t0": time.perf_counter()}
+        bar = progress_bar(trainer.end, initial=trainer.step, desc="train", unit="step", progress=True)
+
+    def step(_, batch) -> None:
+        nonlocal samples_seen
+        images, ids = (t.to(info.device, non_blocking=True) for t in batch)
+        result = train_step(model, clip, images, ids, optimizer, scheduler, cfg.precision,
+                            uneven=cfg.hard_negatives)
+        samples_seen += cfg.batch_size
+        window.add(result)
+
+    def record(step: int, _, lr: float, __) -> dict:
+        nonlocal window
+        loss_sum, i2t, t2i, n = _all_reduce_sum([window.loss, window.i2t, window.t2i, window.n], info.device)
+        elapsed = time.perf_counter() - window.t0
+        rec = {
+            "step": step,
+            "loss": loss_sum / (window.steps * info.world_size),
+            "acc_i2t": i2t / n,
+            "acc_t2i": t2i / n,
+            "lr": lr,  # the rate of the window's last step
+            "logit_scale": float(clip.logit_scale.detach().exp()),
+            "samples_per_s": window.steps * cfg.batch_size / max(elapsed, 1e-9),
+        }
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc_i2t']:.2f}", scale=f"{rec['logit_scale']:.1f}")
+        window = _Window()
+        return rec
+
+    def after_step(step: int) -> None:
+        if bar is not None:
+            bar.update(1)
+        evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        if evaluate_now and info.rank == 0 and cfg.eval_size > 0:
+            scores = evaluate(clip, preprocess, tokenizer, cfg)
+            _log_line(log_path, {"step": step, "eval": scores})
             if bar is not None:
-                bar.update(1)
-            evaluate_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-            if evaluate_now and info.rank == 0 and cfg.eval_size > 0:
-                scores = evaluate(clip, preprocess, tokenizer, cfg)
-                _log_line(log_path, {"step": step, "eval": scores})
-                if bar is not None:
-                    bar.write(f"step {step}: zero-shot " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-            if cfg.save_every and step % cfg.save_every == 0 and step != last:
-                save(step, samples_seen)
-        save(step, samples_seen)
-        if step >= cfg.steps and info.rank == 0:
+                bar.write(f"step {step}: zero-shot " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+    try:
+        history = trainer.fit(step, loader, on_log=record, after_step=after_step)
+        if trainer.step >= cfg.steps and info.rank == 0:
             from clipkit.checkpoints import save as save_weights
 
             save_weights(clip, out / "model.safetensors")
     finally:
         if bar is not None:
             bar.close()  # the ranks meet when they leave the process group (clipkit.distributed)
-    return record
+    return history[-1] if history else {}
+
+
+class _Window:
+    """The sums behind one log record: this rank's loss, in-batch hits and pairs since the
+    last record."""
+
+    def __init__(self):
+        self.loss = self.i2t = self.t2i = self.n = 0.0
+        self.steps, self.t0 = 0, time.perf_counter()
+
+    def add(self, result: LossOutput) -> None:
+        self.loss += float(result.loss.detach())
+        self.i2t += float(result.correct_i2t)
+        self.t2i += float(result.correct_t2i)
+        self.n += result.n
+        self.steps += 1
 
 
 # ---------------------------------------------------------------------------

@@ -323,3 +323,49 @@ def test_every_trainer_reaches_its_floor_at_the_last_step():
         assert sched(total - 1) == pytest.approx(0.1) == warmup_cosine(total - 1, warmup, total, 0.1)
         assert lr_at(total - 1, total, 2e-3, warmup, 0.1) == pytest.approx(2e-4)  # it used to stop short
         assert [lr_at(s, total, 1.0, warmup, 0.1) for s in range(total)] == [sched(s) for s in range(total)]
+
+
+def test_evaluate_through_encode_images_equals_the_inline_loop(tiny):
+    """`evaluate` reads the images through `clipkit.encode.encode_images`; its scores are
+    those of the loop it replaced (preprocess, encode_image in chunks of 100, the head)."""
+    from clipkit.data import synth
+    from clipkit.tokenizer import get_tokenizer
+    from clipkit.train import evaluate
+    from clipkit.transforms import image_transform
+    from clipkit.zeroshot import build_head, encode_prompts
+
+    cfg = TrainConfig(eval_size=120, digit_style="robust")  # > 100: two chunks
+    c = tiny.config
+    preprocess, tokenizer = image_transform(c.vision.image_size, c.image_mean, c.image_std), get_tokenizer()
+    tiny.train()
+    got = evaluate(tiny, preprocess, tokenizer, cfg)
+    assert tiny.training  # the caller's mode back
+
+    size, expected = c.vision.image_size, {}
+    tiny.eval()
+    with torch.inference_mode():
+        for name, eval_set in {
+            "colour_shape": synth.colour_shape_eval_set(n=120, seed=0, image_size=size, split="val"),
+            "digits": synth.digit_eval_set(n=120, seed=0, image_size=size, split="val"),
+            "digits_robust": synth.digit_eval_set(n=120, seed=0, image_size=size, split="val", style="robust"),
+        }.items():
+            head = build_head(tiny, eval_set.classnames, eval_set.templates, tokenizer=tokenizer, cache=False,
+                              progress=False)
+            correct = 0
+            for start in range(0, len(eval_set), 100):
+                x = torch.stack([preprocess(im) for im in eval_set.images[start:start + 100]])
+                pred = head(tiny.encode_image(x)).argmax(-1)
+                correct += int((pred == torch.tensor(eval_set.labels[start:start + 100])).sum())
+            expected[name] = correct / len(eval_set)
+        relations = synth.relation_eval_set(n=120, seed=0, image_size=size, split="val")
+        x = torch.stack([preprocess(im) for im in relations.images])
+        image = F.normalize(tiny.encode_image(x).float(), dim=-1)
+        from clipkit.encode import encode_images
+
+        assert torch.equal(encode_images(tiny, relations.images, preprocess=preprocess, batch_size=len(x),
+                                         progress=False).features, image)  # the same embeddings, bit for bit
+        flat = [c for row in relations.candidates for c in row]
+        text = encode_prompts(tiny, flat, tokenizer=tokenizer, progress=False).view(len(relations), 4, -1)
+        pred = torch.einsum("nd,nkd->nk", image, text).argmax(-1)
+        expected["relation"] = float((pred == torch.tensor(relations.labels)).double().mean())
+    assert got == expected

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.distributed import is_distributed
+from clipkit.training.loop import optimizer_step
 
 
 # The CLIP paper's cap on the logit scale: exp(t) <= 100.
@@ -179,10 +180,6 @@ def train_step(model: nn.Module, clip: nn.Module, images: torch.Tensor, ids: tor
     (possibly DDP-wrapped) `ContrastiveModel`, `clip` the bare CLIP model inside it.
     `uneven`: ranks hold different numbers of rows (hard negatives); see `clip_loss`."""
     out = forward_loss(model, images, ids, precision, uneven)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
+    optimizer_step(out.loss, optimizer, scheduler)
     clamp_logit_scale(clip)
     return out

@@ -1,10 +1,11 @@
-"""Learning rate and weight decay, the same for every trainer: linear warm-up, then a half
-cosine that reaches its floor exactly at the last step; AdamW decay on matrices only."""
+"""The learning-rate schedule every trainer uses: linear warm-up, then a half cosine that
+reaches its floor exactly at the last step. (`param_groups`, re-exported here, lives in
+`clipkit.training.params`.)"""
 from __future__ import annotations
 
 import math
 
-from torch import nn
+from clipkit.training.params import param_groups  # noqa: F401 - its former home
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -29,24 +30,3 @@ class WarmupCosine:
 
     def __call__(self, step: int) -> float:
         return warmup_cosine(step, self.warmup, self.total, self.min_ratio)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: matrices decay; gains, biases, embeddings and the temperature do not.
-
-    "Embeddings" are the token table, positional embeddings and the class token (names
-    containing `embedding`); projections (`text_projection`, `visual.proj`) are weight
-    matrices and decay.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "embedding" in name or name.endswith("logit_scale"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
