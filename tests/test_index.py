@@ -267,6 +267,19 @@ def test_cli_index_and_search(photos, tmp_path, checkpoint, capsys):
         assert len(first.getcolors(1 << 16)) > 1  # not blank: the hit's image is drawn
 
 
+def test_cli_search_takes_the_shared_model_flags(photos, tmp_path, checkpoint, capsys):
+    from clipkit.cli import build_parser
+
+    args = build_parser().parse_args(["search", "i.idx", "x", "--model", "ViT-B/32", "--checkpoint", "w.pt"])
+    assert (args.model, args.checkpoint) == ("ViT-B/32", "w.pt")
+    idx = tmp_path / "idx"
+    Index.build(photos, idx, checkpoint)
+    assert cli(["search", str(idx), "a red circle", "-k", "3", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert cli(["search", str(idx), "a red circle", "-k", "3", "--json", "--checkpoint", checkpoint]) == 0
+    assert json.loads(capsys.readouterr().out) == own  # the same weights, named by --checkpoint
+
+
 @pytest.mark.parametrize("argv, message", [
     (["search", "{missing}", "x"], "no index at"),
     (["search", "{idx}"], "give a text query or --image"),

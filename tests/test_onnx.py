@@ -204,6 +204,21 @@ def test_export_command_writes_graphs_and_json(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 2  # one line per failure
 
 
+def test_export_command_takes_the_shared_model_flags(tmp_path, capsys):
+    from clipkit.cli import main
+
+    model = create_model("tiny-rn")
+    weights = clipkit.save(model, tmp_path / "tiny-rn.safetensors")
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(weights), "--onnx", str(out), "--towers", "image", "--no-int8"]) == 0
+    assert json.loads((out / MANIFEST).read_text())["weights_fingerprint"] == weights_fingerprint(model)
+    capsys.readouterr()
+    for argv in ([], [str(weights), "--model", "ViT-B/32"]):  # no model, or two
+        assert main(["export", *argv, "--onnx", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == ("clipkit export: name the model once: MODEL, --model NAME "
+                                                   "or --checkpoint PATH")
+
+
 def test_backend_arguments_are_checked():
     model = create_model("tiny-vit")
     with pytest.raises(ValueError, match="backend"):

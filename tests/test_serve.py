@@ -212,3 +212,23 @@ def test_serve_command_binds_localhost_by_default():
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.index is None
+
+
+def test_serve_command_takes_the_shared_flags(monkeypatch):
+    import os
+
+    import uvicorn
+
+    from clipkit.cli import build_parser, main
+    from clipkit.serve import app as app_module
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.model, args.checkpoint, args.device, args.no_cache) == (None, None, "cpu", False)
+    made, served = {}, {}
+    monkeypatch.setattr(app_module, "create_app", lambda index, **kw: made.update(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(no_cache=os.environ.get("CLIPKIT_NO_CACHE")))
+    monkeypatch.delenv("CLIPKIT_NO_CACHE", raising=False)
+    assert main(["serve", "--model", "ViT-B/32", "--checkpoint", "w.safetensors", "--device", "cpu",
+                 "--no-cache"]) == 0
+    assert made["model"] == "w.safetensors" and made["device"] == "cpu"  # --checkpoint overrides --model
+    assert served == {"no_cache": "1"} and "CLIPKIT_NO_CACHE" not in os.environ  # for the server's life only

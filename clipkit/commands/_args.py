@@ -1,7 +1,9 @@
-"""Argument types and checks the subcommands share.
+"""Argument types, checks and flags the subcommands share.
 
-Every bad value is an argparse error: one line naming the flag and the value, exit status
-2, before any model is loaded or any image is encoded.
+The shared flags (--model/--checkpoint, --device, --batch-size, --quiet, --no-cache) are
+defined once, below, and every command that takes one takes it from here. Every bad value
+is an argparse error: one line naming the flag and the value, exit status 2, before any
+model is loaded or any image is encoded.
 """
 from __future__ import annotations
 
@@ -74,18 +76,53 @@ def device(text: str) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------
+# The shared flags: every command takes each of these from here, where it applies
+# ---------------------------------------------------------------------------
+
+MODEL_HELP = "model name (see `clipkit bench --list-models`) [shipped default]"
+
+
+def add_model_flags(p: argparse.ArgumentParser, *, model_help: str = MODEL_HELP) -> None:
+    """--model NAME and --checkpoint PATH (which overrides it); `model_spec(args)` reads them."""
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
+
+
+def model_spec(args: argparse.Namespace) -> str | None:
+    """The model the flags of `add_model_flags` name: --checkpoint, else --model, else None."""
+    return args.checkpoint or args.model
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps [cpu]")
+
+
+def add_batch_size_flag(p: argparse.ArgumentParser, default: int = 64) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=default, help=f"images per batch [{default}]")
+
+
+def add_cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches "
+                                                           "(also CLIPKIT_NO_CACHE=1)")
+
+
+def add_quiet_flag(p: argparse.ArgumentParser, *old_spellings: str) -> None:
+    """--quiet (dest `quiet`); a command's older spellings (e.g. --no-progress) stay aliases."""
+    note = f" ({', '.join(old_spellings)}: the older spelling)" if old_spellings else ""
+    p.add_argument("--quiet", *old_spellings, dest="quiet", action="store_true", help=f"no progress output{note}")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, batch_size: int = 64, device_flag: bool = True,
                    cache_flag: bool = True) -> None:
-    """The flags every command that runs a CLIP model takes."""
-    p.add_argument("--model", help="model name (see `clipkit bench --list-models`) [shipped default]")
-    p.add_argument("--checkpoint", help="weights file or Hugging Face folder (overrides --model)")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per batch [{batch_size}]")
+    """The flags every command that runs a CLIP model over a batch of inputs takes."""
+    add_model_flags(p)
+    add_batch_size_flag(p, batch_size)
     if device_flag:
-        p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps [cpu]")
+        add_device_flag(p)
     if cache_flag:
-        p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches "
-                                                               "(also CLIPKIT_NO_CACHE=1)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+        add_cache_flag(p)
+    add_quiet_flag(p)
 
 
 def writable_output(path: str | os.PathLike, *, suffixes: tuple[str, ...] = ()) -> str:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from clipkit.commands._args import add_model_flags, model_spec
+
 EPILOG = """\
 examples:
   clipkit search photos.idx "a red circle" -k 10
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", action="store_true", help="approximate search with faiss, whatever the size")
     p.add_argument("--json", action="store_true", help='print [{"path": ..., "score": ...}, ...]')
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the hits")
-    p.add_argument("--model", help="model for the query [the index's own]; must have the index's weights")
+    add_model_flags(p, model_help="model for the query [the index's own]; must have the index's weights")
     p.set_defaults(func=run)
 
 
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         index = Index(args.index)
-        hits = index.search(args.text, args.k, image=args.image, ann=True if args.ann else None, model=args.model)
+        hits = index.search(args.text, args.k, image=args.image, ann=True if args.ann else None,
+                            model=model_spec(args))
     except ImportError as e:
         print(f"clipkit search: {e}", file=sys.stderr)
         return 2
