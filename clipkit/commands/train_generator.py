@@ -11,7 +11,7 @@ EPILOG = """\
 examples:
   clipkit train-generator --stage dvae --config synth-32 --steps 3000 --lr 3e-3 --kl-weight 0.02 --out runs/gen
   clipkit train-generator --stage transformer --config synth-32 --steps 4000 --lr 2e-3 --corpus 30000 --out runs/gen
-  clipkit train-generator --stage transformer ... --resume        # continue from <out>/<stage>-last.safetensors
+  clipkit train-generator --stage transformer ... --resume        # continue from <out>/<stage>-last.pt
 """
 
 
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, required=True, help="total steps (the schedules' length)")
     p.add_argument("--stop-at", type=positive_int, help="stop early at this step (resume later with --resume)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, corpus, exported weights")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<stage>-last.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/<stage>-last.pt (or an older <stage>-last.safetensors)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=float_in(0.0, lo_open=True))
     p.add_argument("--seed", type=int, default=0)

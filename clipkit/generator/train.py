@@ -12,12 +12,15 @@ functions of s, so `k` steps in one go and `k/2` + resume + `k/2` give the same 
 
     clipkit train-generator --stage dvae --config synth-mini --steps 1500 --lr 3e-3 --kl-weight 0.2 --out runs/gen
     clipkit train-generator --stage transformer --config synth-mini --steps 6000 --lr 2e-3 --out runs/gen
-    clipkit train-generator ... --resume          # continue from runs/gen/<stage>-last.safetensors
+    clipkit train-generator ... --resume          # continue from runs/gen/<stage>-last.pt
 
-Outputs in --out: `dvae-last.safetensors` / `transformer-last.safetensors` (checkpoints
-with optimizer state), `dvae.safetensors` (the trained dVAE), `corpus.safetensors` (the
-encoded training pairs) and `generator.safetensors` (the `Generator`, loadable with
-`Generator.load`).
+Both stages run on the shared training skeleton (`clipkit.training.loop.Trainer`): the one
+parameter-grouping rule, the one warm-up + cosine schedule, checkpoints in the one format.
+
+Outputs in --out: `dvae-last.pt` / `transformer-last.pt` (training checkpoints with the
+optimizer state; the older `<stage>-last.safetensors` still resume), `dvae.safetensors`
+(the trained dVAE), `corpus.safetensors` (the encoded training pairs) and
+`generator.safetensors` (the `Generator`, loadable with `Generator.load`).
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 def to_image_tensor(item: Any, size: int | None = None) -> torch.Tensor:
     """A dataset item -> (3, H, W) float in [0, 1]: a PIL image, a tensor, a Sample (.image)
     or an (image, caption) pair."""
-    from clipkit.generator.generator import pil_to_tensor
+    from clipkit.transforms import to_tensor
 
     if isinstance(item, (tuple, list)):
         item = item[0]
@@ -113,7 +116,7 @@ def to_image_tensor(item: Any, size: int | None = None) -> torch.Tensor:
     if isinstance(item, torch.Tensor):
         t = item.float()
         return t / 255 if item.dtype == torch.uint8 else t
-    return pil_to_tensor(item, size)
+    return to_tensor(item, size)
 
 
 def image_batch(data, indices: Sequence[int], size: int | None = None) -> torch.Tensor:
@@ -149,86 +152,51 @@ def encode_corpus(dvae: DVAE, data, count: int, tokenizer, text_len: int, batch_
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints (safetensors: model, optimizer moments, step; configs in the metadata)
+# Both stages on the shared skeleton (clipkit.training.loop): optimiser, schedule,
+# checkpoints `<out>/<stage>-last.pt` in the one format, resume
 # ---------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, kind: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    step: int, steps: int, train_config, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    for i, state in optimizer.state_dict()["state"].items():
-        for name, v in state.items():
-            tensors[f"optim.{i}.{name}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).contiguous()
-    meta = {"kind": kind, "step": str(step), "steps": str(steps),
-            "model_config": json.dumps(model.config.to_dict()),
-            "train_config": json.dumps(dataclasses.asdict(train_config)), **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+def checkpoint_path(out_dir: str | os.PathLike, kind: str) -> Path:
+    """Where a stage's latest checkpoint goes: `<out>/<kind>-last.pt`."""
+    return Path(out_dir) / f"{kind}-last.pt"
 
 
-def load_checkpoint(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+def _trainer(kind: str, model, tc, steps: int, out: Path | None, resume: bool, stop_at: int | None,
+             checkpoint_every: int, log_every: int, log: Callable[[str], None]):
+    """The stage's `Trainer`: AdamW (betas 0.9, 0.98) over the one parameter-grouping
+    rule, warm-up + cosine to lr × min_lr_ratio, gradient clipping; resumed from
+    `<out>/<kind>-last.pt` (or the older `<kind>-last.safetensors`) when asked."""
+    from clipkit.training.loop import Trainer, format_record
+    from clipkit.training.params import param_groups
+    from clipkit.training.schedule import WarmupCosine
+    from clipkit.training.state import load_checkpoint
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("kind") != kind:
-            raise ValueError(f"{path} is a {meta.get('kind')!r} checkpoint, not {kind!r}")
-        return {k: f.get_tensor(k) for k in f.keys()}, meta
-
-
-def _restore(model, optimizer, tensors) -> None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    sd = optimizer.state_dict()
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
-
-
-# ---------------------------------------------------------------------------
-# Loops
-# ---------------------------------------------------------------------------
-
-
-def _update(model, opt, loss, grad_clip) -> None:
-    """One optimiser step on `loss`, with optional gradient-norm clipping."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-
-
-def _optimizer(model, lr, weight_decay) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-
-
-def _start(kind, model, optimizer, out_dir, resume, log) -> int:
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(tc.warmup, steps, tc.min_lr_ratio))
+    trainer = Trainer(model, opt, sched, kind=kind, steps=steps, stop_at=stop_at, grad_clip=tc.grad_clip,
+                      checkpoint=checkpoint_path(out, kind) if out is not None else None,
+                      save_every=checkpoint_every, log_every=log_every, log=lambda rec: log(format_record(rec)),
+                      state=lambda: {"steps": steps, "model_config": model.config.to_dict(),
+                                     "train_config": dataclasses.asdict(tc)})
     if not resume:
-        return 0
-    if out_dir is None:
+        return trainer
+    if out is None:
         raise ValueError("resume=True needs out_dir")
-    path = Path(out_dir) / f"{kind}-last.safetensors"
+    path = checkpoint_path(out, kind)
+    if not path.is_file() and path.with_suffix(".safetensors").is_file():
+        path = path.with_suffix(".safetensors")  # a checkpoint of the format before the shared one
     if not path.is_file():
         log(f"no checkpoint at {path}; starting from step 0")
-        return 0
-    tensors, meta = load_checkpoint(path, kind)
-    # compare as configs: JSON turns the config's tuples (e.g. DVAEConfig.mults) into lists
-    if type(model.config).from_dict(json.loads(meta["model_config"])) != model.config:
-        raise ValueError(f"{path} was trained with another architecture: {meta['model_config']}")
-    _restore(model, optimizer, tensors)
-    log(f"resumed {kind} from {path} at step {meta['step']}")
-    return int(meta["step"])
+        return trainer
+    ckpt = load_checkpoint(path, kind=kind)
+    # compare as configs: JSON (and the checkpoint's plain data) turn the config's tuples
+    # (e.g. DVAEConfig.mults) into lists
+    if type(model.config).from_dict(ckpt["model_config"]) != model.config:
+        raise ValueError(f"{path} was trained with another architecture: {ckpt['model_config']}")
+    trainer.restore(ckpt)
+    log(f"resumed {kind} from {path} at step {trainer.step}")
+    return trainer
 
 
 def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainConfig | None = None,
@@ -239,7 +207,7 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
 
     data: a tensor (N, 3, H, W) in [0, 1] (or uint8), or a sequence of PIL images /
         Samples / (image, caption) pairs; batches are drawn uniformly at random.
-    out_dir: where `dvae-last.safetensors` (every checkpoint_every steps and at the end)
+    out_dir: where `dvae-last.pt` (every checkpoint_every steps and at the end)
         and `dvae.safetensors` (the weights, at the end) go. resume: continue from the
         checkpoint there. stop_at: stop early at this step (the schedules still span `steps`).
     eval_images: a fixed batch whose hard (argmax) reconstruction MSE / PSNR is logged.
@@ -248,34 +216,29 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
     model = model if isinstance(model, DVAE) else DVAE(model)
     tc = train or DVAETrainConfig()
     out = Path(out_dir) if out_dir is not None else None
-    opt = _optimizer(model, tc.lr, tc.weight_decay)
-    step = _start("dvae", model, opt, out, resume, log)
-    end = steps if stop_at is None else min(stop_at, steps)
-    history, t0, first, size = [], time.time(), step, model.config.image_size
-    model.train()
-    while step < end:
-        idx = torch.randint(len(data), (tc.batch_size,), generator=step_generator(tc.seed, step, 0))
+    trainer = _trainer("dvae", model, tc, steps, out, resume, stop_at, checkpoint_every, log_every, log)
+    size = model.config.image_size
+
+    def step(s: int, _) -> dict:
+        idx = torch.randint(len(data), (tc.batch_size,), generator=step_generator(tc.seed, s, 0))
         images = image_batch(data, idx.tolist(), size)
-        temp, beta = temperature_at(step, steps, tc), kl_weight_at(step, steps, tc)
-        lr = lr_at(step, steps, tc.lr, tc.warmup, tc.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        stats, logits = model(images, temp, generator=step_generator(tc.seed, step, 1))
+        temp, beta = temperature_at(s, steps, tc), kl_weight_at(s, steps, tc)
+        stats, logits = model(images, temp, generator=step_generator(tc.seed, s, 1))
         loss, parts = model.loss(images, stats, logits, beta)
-        _update(model, opt, loss, tc.grad_clip)
-        step += 1
-        if step % log_every == 0 or step == end:
-            rec = {"step": step, "loss": loss.item(), **parts, "temperature": temp, "kl_weight": beta, "lr": lr,
-                   "s_per_step": (time.time() - t0) / (step - first)}
-            if eval_images is not None:
-                rec.update({f"eval_{k}": v for k, v in evaluate_dvae(model, eval_images).items()})
-                model.train()
-            history.append(rec)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if out is not None and (step % checkpoint_every == 0 or step == end):
-            save_checkpoint(out / "dvae-last.safetensors", "dvae", model, opt, step, steps, tc)
+        trainer.update(loss)
+        return {"loss": loss.detach(), **parts, "temperature": temp, "kl_weight": beta}
+
+    def record(s: int, metrics: dict, lr: float, seconds: float) -> dict:
+        rec = {"step": s, **metrics, "loss": metrics["loss"].item(), "lr": lr, "s_per_step": seconds}
+        if eval_images is not None:
+            rec.update({f"eval_{k}": v for k, v in evaluate_dvae(model, eval_images).items()})
+            model.train()
+        return rec
+
+    model.train()
+    history = trainer.fit(step, on_log=record)
     model.eval()
-    if out is not None and step >= steps:
+    if out is not None and trainer.step >= steps:
         save_dvae(model, out / "dvae.safetensors")
     return model, history
 
@@ -300,20 +263,26 @@ def save_dvae(model: DVAE, path: str | os.PathLike) -> Path:
 
 
 def load_dvae(path: str | os.PathLike) -> DVAE:
-    """A dVAE from `save_dvae`'s file or from a `dvae-last` checkpoint."""
-    from safetensors import safe_open
+    """A dVAE from `save_dvae`'s file or from a `dvae-last` training checkpoint (`.pt`, or
+    the older `.safetensors`)."""
+    from clipkit.training.state import load_checkpoint
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") == "clipkit-dvae/1":
-        model = DVAE(DVAEConfig.from_dict(json.loads(meta["config"])))
-        model.load_state_dict(tensors)
-    elif meta.get("kind") == "dvae":
-        model = DVAE(DVAEConfig.from_dict(json.loads(meta["model_config"])))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    else:
-        raise ValueError(f"{path} is neither a dVAE file nor a dVAE checkpoint")
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") == "clipkit-dvae/1":
+            model = DVAE(DVAEConfig.from_dict(json.loads(meta["config"])))
+            model.load_state_dict(tensors)
+            return model.eval()
+        if meta.get("kind") != "dvae":
+            raise ValueError(f"{path} is neither a dVAE file nor a dVAE checkpoint")
+    ckpt = load_checkpoint(path, kind="dvae")
+    model = DVAE(DVAEConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
     return model.eval()
 
 
@@ -330,35 +299,31 @@ def train_transformer(model: DALLETransformer | TransformerConfig, corpus: dict[
     tc = train or TransformerTrainConfig()
     out = Path(out_dir) if out_dir is not None else None
     text_all, codes_all = corpus["text"], corpus["codes"]
-    opt = _optimizer(model, tc.lr, tc.weight_decay)
-    step = _start("transformer", model, opt, out, resume, log)
-    end = steps if stop_at is None else min(stop_at, steps)
-    history, t0, first = [], time.time(), step
+    trainer = _trainer("transformer", model, tc, steps, out, resume, stop_at, checkpoint_every, log_every, log)
     L = model.config.text_len
-    model.train()
-    while step < end:
-        idx = torch.randint(len(text_all), (tc.batch_size,), generator=step_generator(tc.seed, step, 0))
+
+    def step(s: int, _) -> dict:
+        idx = torch.randint(len(text_all), (tc.batch_size,), generator=step_generator(tc.seed, s, 0))
         text, codes = text_all[idx], codes_all[idx]
-        drop = torch.rand(tc.batch_size, generator=step_generator(tc.seed, step, 2)) < tc.p_uncond
+        drop = torch.rand(tc.batch_size, generator=step_generator(tc.seed, s, 2)) < tc.p_uncond
         text = torch.where(drop[:, None], null_text(tc.batch_size, L), text)
-        lr = lr_at(step, steps, tc.lr, tc.warmup, tc.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
         loss, parts = model.loss(text, codes, tc.text_weight)
-        _update(model, opt, loss, tc.grad_clip)
-        step += 1
-        if step % log_every == 0 or step == end:
-            rec = {"step": step, "loss": loss.item(), **parts, "lr": lr,
-                   "s_per_step": (time.time() - t0) / (step - first)}
-            if eval_corpus is not None:
-                rec["eval_image_ce"] = evaluate_transformer(model, eval_corpus)
-                model.train()
-            history.append(rec)
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if out is not None and (step % checkpoint_every == 0 or step == end):
-            save_checkpoint(out / "transformer-last.safetensors", "transformer", model, opt, step, steps, tc)
-            if on_checkpoint is not None:
-                on_checkpoint(model, step)
+        trainer.update(loss)
+        return {"loss": loss.detach(), **parts}
+
+    def record(s: int, metrics: dict, lr: float, seconds: float) -> dict:
+        rec = {"step": s, **metrics, "loss": metrics["loss"].item(), "lr": lr, "s_per_step": seconds}
+        if eval_corpus is not None:
+            rec["eval_image_ce"] = evaluate_transformer(model, eval_corpus)
+            model.train()
+        return rec
+
+    def exported(s: int) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(model, s)
+
+    model.train()
+    history = trainer.fit(step, on_log=record, on_save=exported)
     model.eval()
     return model, history
 
