@@ -90,15 +90,18 @@ def test_features_cached_and_resume(tiny, mnist_root):
     from clipkit.data.datasets import mnist_idx
     from clipkit.transforms import image_transform
 
+    from clipkit.encode import extract_features
+
     data = mnist_idx(mnist_root, transform=image_transform(tiny.config.vision.image_size))
-    straight = bench.extract_features(tiny, data, batch_size=8, cache=False, progress=False, chunk_size=10)
+    opts = dict(batch_size=8, progress=False, chunk_size=10, cache_key=f"{data.key()}|{data.transform!r}")
+    straight = extract_features(tiny, data, cache=False, **opts)
     with pytest.raises(InterruptedError):
-        bench.extract_features(tiny, data, batch_size=8, progress=False, chunk_size=10, stop_after_chunks=2)
-    resumed = bench.extract_features(tiny, data, batch_size=8, progress=False, chunk_size=10)
+        extract_features(tiny, data, stop_after_chunks=2, **opts)
+    resumed = extract_features(tiny, data, **opts)
     assert resumed.encoded == 37 - 20  # the first two chunks came from the cache
     assert torch.equal(resumed.features, straight.features)
-    assert torch.equal(resumed.labels, straight.labels)
-    again = bench.extract_features(tiny, data, batch_size=8, progress=False, chunk_size=10)
+    assert resumed.labels == straight.labels and resumed.indices == straight.indices == list(range(37))
+    again = extract_features(tiny, data, **opts)
     assert again.encoded == 0 and torch.equal(again.features, straight.features)
 
 

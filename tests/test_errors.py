@@ -214,26 +214,27 @@ def test_no_cache_env_stops_bench_writing_chunks(capsys, tmp_path, checkpoint, m
 
 
 def test_corrupt_feature_chunk_is_reported_and_recomputed(tmp_path, recwarn):
-    from clipkit import bench
     from clipkit.data.datasets import image_folder
+    from clipkit.encode import extract_features, read_chunk
     from clipkit.transforms import image_transform
 
     torch.manual_seed(0)
     model = create_model("tiny-vit").eval()
     data = image_folder(_class_folder(tmp_path / "d"), image_transform(model.config.vision.image_size))
-    first = bench.extract_features(model, data, batch_size=4, progress=False, chunk_size=4)
+    opts = dict(batch_size=4, progress=False, chunk_size=4, cache_key=data.key(), skip_unreadable=True)
+    first = extract_features(model, data, **opts)
     chunks = sorted((tmp_path / "cache" / "features").rglob("chunk_*"))
     assert len(chunks) == 2
     chunks[0].write_bytes(chunks[0].read_bytes()[: len(chunks[0].read_bytes()) // 2])  # truncated
     with pytest.raises(CacheError, match=str(chunks[0])):
-        bench.read_chunk(chunks[0])
-    again = bench.extract_features(model, data, batch_size=4, progress=False, chunk_size=4)
+        read_chunk(chunks[0])
+    again = extract_features(model, data, **opts)
     assert again.encoded == 4  # the bad chunk only
     assert torch.equal(again.features, first.features)
     assert any(str(chunks[0]) in str(w.message) and "recomputing" in str(w.message) for w in recwarn)
-    bench.read_chunk(chunks[0], rows=4)  # rewritten, valid
+    read_chunk(chunks[0], rows=4)  # rewritten, valid
     with pytest.raises(CacheError, match="expected 5 images"):
-        bench.read_chunk(chunks[0], rows=5)
+        read_chunk(chunks[0], rows=5)
 
 
 # ---------------------------------------------------------------------------
@@ -448,11 +449,10 @@ def _real_files(tmp_path_factory):
         torch.manual_seed(0)
         st_path = folder / "model.safetensors"
         clipkit.save(create_model("tiny-vit"), st_path)
-        from clipkit import bench
+        from clipkit.encode import EncodedImages, write_chunk
 
         chunk = folder / "chunk.safetensors"
-        bench.write_chunk({"features": torch.randn(3, 8), "labels": torch.arange(3), "indices": torch.arange(3),
-                           "skipped": [{"path": "x.png", "reason": "truncated"}]}, chunk)
+        write_chunk(EncodedImages(torch.randn(3, 8), [0, 1, 2], [0, 1, 2], [("x.png", "truncated")]), chunk)
         _REAL.update(png=png.read_bytes(), safetensors=st_path.read_bytes(), chunk=chunk.read_bytes())
     return _REAL
 
@@ -460,7 +460,7 @@ def _real_files(tmp_path_factory):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_bytes_and_truncations_raise_only_our_errors(tmp_path_factory, data):
-    from clipkit.bench import read_chunk
+    from clipkit.encode import read_chunk
     from clipkit.transforms import load_image
 
     real = _real_files(tmp_path_factory)

@@ -1,12 +1,11 @@
-"""Linear probe (the paper's C sweep) and feature extraction with its cache."""
+"""Linear probe (the paper's C sweep); its features come from clipkit.encode (tests/test_features.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from clipkit.models import create_model
-from clipkit.evaluation.probe import PAPER_COARSE_CS, _stratified_split, extract_features, linear_probe
+from clipkit.evaluation.probe import PAPER_COARSE_CS, _stratified_split, linear_probe
 
 
 def blobs(n_per_class, seed, dim=16, classes=3, spread=0.35):
@@ -79,39 +78,3 @@ def test_stratified_split_keeps_every_class_on_both_sides():
     assert (y[val] == 0).sum() == 2
     again = _stratified_split(y, 0.2, seed=0)
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
-
-
-def test_extract_features_reuses_the_batching_and_caches_by_key(monkeypatch):
-    torch.manual_seed(0)
-    model = create_model("tiny-vit").eval()
-    calls = []
-    original = model.encode_image
-    monkeypatch.setattr(model, "encode_image", lambda x, *a, **k: calls.append(len(x)) or original(x, *a, **k))
-
-    images = torch.randn(7, 3, 32, 32)
-
-    class Pairs(torch.utils.data.Dataset):
-        def __len__(self):
-            return 7
-
-        def __getitem__(self, i):
-            return images[i], int(i % 3)
-
-    first = extract_features(model, Pairs(), batch_size=3, cache_key="pairs-v1", preprocess=lambda im: im)
-    assert calls == [3, 3, 1]
-    assert first.labels == [0, 1, 2, 0, 1, 2, 0] and first.features.shape == (7, 32)
-    with torch.no_grad():
-        expected = torch.nn.functional.normalize(original(images), dim=-1)
-    torch.testing.assert_close(first.features, expected, rtol=1e-5, atol=1e-5)
-
-    again = extract_features(model, Pairs(), batch_size=3, cache_key="pairs-v1")
-    assert calls == [3, 3, 1]  # from the cache
-    assert torch.equal(again.features, first.features) and again.labels == first.labels
-    extract_features(model, Pairs(), batch_size=4, cache_key="pairs-v2")
-    assert calls == [3, 3, 1, 4, 3]  # another key: encoded again
-    extract_features(model, Pairs(), batch_size=7, cache_key="pairs-v1", cache=False)
-    assert calls[-1] == 7
-    with torch.no_grad():
-        model.visual.ln_post.bias.add_(0.1)  # other weights: the old entry no longer matches
-    changed = extract_features(model, Pairs(), batch_size=7, cache_key="pairs-v1")
-    assert len(calls) == 7 and not torch.equal(changed.features, first.features)

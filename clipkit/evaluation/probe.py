@@ -8,102 +8,23 @@ per decade. Then the chosen model is refit on train + validation and scored on t
 
 scikit-learn's ``C`` is the inverse of the L2 strength; the paper's grid is symmetric in
 log space, so the same grid serves for ``C``.
+
+The probe takes features, not images: get them from :func:`clipkit.encode.extract_features`
+(cached on disk with a `cache_key`) or :func:`clipkit.encode.encode_images`.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from clipkit.encode import EncodedImages, encode_images
-from clipkit.utils import cache_enabled
-
-__all__ = ["extract_features", "linear_probe", "ProbeResult", "PAPER_COARSE_CS", "FEATURES_FORMAT_VERSION"]
+__all__ = ["linear_probe", "ProbeResult", "PAPER_COARSE_CS"]
 
 # The paper's starting points: every second decade from 1e-6 to 1e6.
 PAPER_COARSE_CS = tuple(10.0 ** e for e in range(-6, 7, 2))
-FEATURES_FORMAT_VERSION = 1
-
-
-# ---------------------------------------------------------------------------
-# Features
-# ---------------------------------------------------------------------------
-
-
-def extract_features(model: nn.Module, X, *, preprocess: Callable | None = None, batch_size: int = 64,
-                     device: str | torch.device | None = None, cache_key: str | None = None,
-                     cache: bool = True, skip_unreadable: bool = False,
-                     progress: bool | None = None) -> EncodedImages:
-    """Normalised image embeddings (and labels, for ``(image, label)`` items) of `X`.
-
-    Accepts what :func:`clipkit.encode.encode_images` accepts. With `cache_key` (a string
-    that identifies the data *and its preprocessing*, e.g. a dataset's file hash), the
-    result is cached on disk under ``$CLIPKIT_CACHE/features``, keyed by it and the
-    model's weights; ``cache=False`` or ``CLIPKIT_NO_CACHE=1`` turns that off.
-    """
-    path = None
-    if cache_key is not None and cache_enabled(cache):
-        from clipkit.utils import usable_cache_dir, weights_fingerprint
-
-        parts = {"format": FEATURES_FORMAT_VERSION, "weights": weights_fingerprint(model), "data": cache_key,
-                 "skip_unreadable": bool(skip_unreadable)}
-        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-        folder = usable_cache_dir("features")  # None (one warning) when it cannot be used
-        path = folder / f"{key}.pt" if folder is not None else None
-        cached = _read_features(path) if path is not None else None
-        if cached is not None:
-            return cached
-    enc = encode_images(model, X, preprocess=preprocess, batch_size=batch_size, device=device,
-                        skip_unreadable=skip_unreadable, progress=progress)
-    if path is not None:
-        _write_features(path, enc)
-    return enc
-
-
-def _read_features(path) -> EncodedImages | None:
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        return EncodedImages(d["features"], list(d["indices"]), d["labels"],
-                             [tuple(s) for s in d["skipped"]])
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - a corrupt entry of any kind: say so, recompute
-        from clipkit.utils import warn_cache
-
-        warn_cache(f"ignoring the unreadable feature cache entry {path} ({type(e).__name__}); recomputing it",
-                   key=str(path))
-        return None
-
-
-def _write_features(path, enc: EncodedImages) -> None:
-    def plain(v):
-        return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-
-    payload = {
-        "features": enc.features.contiguous(),
-        "indices": [int(i) for i in enc.indices],
-        "labels": None if enc.labels is None else [plain(y) for y in enc.labels],
-        "skipped": [[plain(w), str(r)] for w, r in enc.skipped],
-    }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except Exception as e:  # noqa: BLE001 - a full or read-only cache must not stop the probe
-        from clipkit.utils import warn_cache
-
-        warn_cache(f"could not write the feature cache {path} ({type(e).__name__}: {e}); going on without it",
-                   key="probe-cache-write")
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------

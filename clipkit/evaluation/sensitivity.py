@@ -120,7 +120,7 @@ def prompt_sensitivity(model, features, labels, classnames, templates="imagenet"
     """The prompt-sensitivity report for labelled image embeddings.
 
     `features`: image embeddings (N, D) from `model` (e.g. ``clf.transform(images)`` or
-    :func:`clipkit.probe.extract_features`); `labels`: class indices or class names;
+    :func:`clipkit.encode.extract_features`); `labels`: class indices or class names;
     `classnames` and `templates`: lists, set names or files.
     """
     names = load_classnames(classnames)  # a list, a set name or a file; checked (and warned about) once
@@ -212,9 +212,8 @@ def sensitivity_report(inputs, classnames=None, templates=None, model=None, *, o
     else the 80 ImageNet templates. Unreadable images are skipped and listed under
     ``"skipped"``. With `out_dir`, writes ``prompt_sensitivity.json`` and ``.png`` there.
     """
-    from clipkit.evaluation.probe import extract_features
+    from clipkit.encode import extract_features, resolve_model
     from clipkit.templates import default_templates_for
-    from clipkit.encode import resolve_model
 
     clip, preprocess = resolve_model(model, device)
     paths, labels, folder_classes = _labelled_files(inputs)
