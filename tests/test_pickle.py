@@ -107,3 +107,13 @@ def test_one_error_type_for_both_readers(tmp_path):
                 read(path)
             assert type(info.value) is PickleRefused and str(path) in str(info.value)
     assert not marker.exists()
+
+
+def test_the_pickled_module_reader_shares_the_archive_bounds(tmp_path, monkeypatch):
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(1000), "again": torch.zeros(1000)}, path)
+    monkeypatch.setattr(openai_dvae, "MAX_FILE_BYTES", 3999)
+    with pytest.raises(PickleRefused, match="more than 3,999 bytes"):
+        read_pickled_state_dict(path)
+    monkeypatch.setattr(openai_dvae, "MAX_FILE_BYTES", 4000 * 2)
+    assert read_pickled_state_dict(path)["w"].shape == (1000,)

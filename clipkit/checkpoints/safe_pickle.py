@@ -5,12 +5,16 @@ modules such as the released DALL·E dVAE (`clipkit.generator.openai_dvae`), rea
 `RestrictedUnpickler`. It rebuilds tensors from a `torch.save`/TorchScript pickle without
 importing anything the pickle names: `find_class` maps a short allow-list of names to
 local functions, and each reader says what else it accepts (its own allow-list, and which
-classes may stand as inert records of their state). Every refusal, from the unpickler, the
-tensor rebuilders or the zip reader, is a `PickleRefused`, itself a `CheckpointError`.
+classes may stand as inert records of their state). `ArchiveStorages` reads the tensors'
+bytes out of a zip archive for it, bounded before anything is allocated (`read_zip_storage`
+refuses decompression bombs). Every refusal, from the unpickler, the tensor rebuilders or
+the zip reading, is a `PickleRefused`, itself a `CheckpointError`.
 """
 from __future__ import annotations
 
+import mmap
 import pickle
+import struct
 import zipfile
 import zlib
 from typing import Any, Callable, Mapping
@@ -19,8 +23,8 @@ import torch
 
 from clipkit.checkpoints.errors import PickleRefused
 
-__all__ = ["PickleRefused", "RestrictedUnpickler", "Record", "STORAGE_DTYPES", "StorageType", "storage_type",
-           "tensor_rebuilders", "read_zip_storage", "MAX_EXPANSION", "SMALL_STORAGE_BYTES"]
+__all__ = ["PickleRefused", "RestrictedUnpickler", "Record", "ArchiveStorages", "STORAGE_DTYPES", "StorageType",
+           "storage_type", "tensor_rebuilders", "read_zip_storage", "MAX_EXPANSION", "SMALL_STORAGE_BYTES"]
 
 # A compressed storage may expand by at most this factor over the bytes it really occupies
 # in the file, unless it is small. torch.save and torch.jit.save store tensors uncompressed;
@@ -231,3 +235,59 @@ def read_zip_storage(zf: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int, *,
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a CRC or stream that lies
         raise PickleRefused(f"corrupt storage {info.filename}: {type(e).__name__}: {e}") from e
     return buf
+
+
+def _zip_entry_offset(mm: mmap.mmap, info: zipfile.ZipInfo) -> int:
+    """Offset of an entry's bytes in the file (after its local header)."""
+    header = mm[info.header_offset:info.header_offset + 30]
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise PickleRefused(f"corrupt zip entry {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+class ArchiveStorages:
+    """`load_storage` for the unpickler over a zip archive (`torch.save`, `torch.jit.save`):
+    the storage `key` is the entry `<entries><key>`, read once however often the pickle
+    names it. An entry stored uncompressed and aligned becomes a view of the file, memory
+    mapped copy-on-write; any other is copied once through `read_zip_storage`. Before
+    anything is allocated, each entry must hold exactly the bytes the pickle declares and
+    all of them together at most `max_bytes` (`why` says where that bound comes from).
+    """
+
+    def __init__(self, file, zf: zipfile.ZipFile, entries: str, max_bytes: int, why: str = ""):
+        self._zf, self._entries = zf, entries
+        self._max_bytes, self._why = max_bytes, why
+        self._mm = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._storages: dict[str, torch.Tensor] = {}
+        self._total = 0  # bytes of all storages so far
+
+    def __call__(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        if key in self._storages:
+            storage = self._storages[key]
+            if storage.dtype != dtype or storage.numel() != numel:
+                raise PickleRefused(f"storage {key} is used with two different types")
+            return storage
+        try:
+            info = self._zf.getinfo(self._entries + key)
+        except KeyError:
+            raise PickleRefused(f"data.pkl refers to storage {key}, which the archive lacks") from None
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * itemsize
+        if info.file_size != nbytes:
+            raise PickleRefused(f"storage {key} holds {info.file_size} bytes, expected {numel} x {itemsize}")
+        self._total += nbytes
+        if self._total > self._max_bytes:
+            raise PickleRefused(f"the archive's tensors would take more than {self._max_bytes:,} bytes{self._why}; "
+                                "refusing to allocate them")
+        offset = _zip_entry_offset(self._mm, info)
+        if offset + info.compress_size > len(self._mm):
+            raise PickleRefused(f"storage {key} runs past the end of the file (truncated archive?)")
+        if not numel:
+            storage = torch.empty(0, dtype=dtype)
+        elif info.compress_type == zipfile.ZIP_STORED and offset % itemsize == 0:
+            storage = torch.frombuffer(self._mm, dtype=dtype, count=numel, offset=offset)
+        else:  # compressed or misaligned: one copy, of exactly the declared size, bounded
+            storage = torch.frombuffer(read_zip_storage(self._zf, info, nbytes), dtype=dtype)
+        self._storages[key] = storage
+        return storage

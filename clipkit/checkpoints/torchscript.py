@@ -2,19 +2,16 @@
 what they may allocate bounded before allocating."""
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
-import struct
 import zipfile
 import zlib
 from pathlib import Path
 
 import torch
 
-from clipkit.checkpoints import safe_pickle
 from clipkit.checkpoints.errors import CheckpointError, PickleRefused
-from clipkit.checkpoints.safe_pickle import Record, RestrictedUnpickler
+from clipkit.checkpoints.safe_pickle import ArchiveStorages, Record, RestrictedUnpickler
 
 StateDict = dict[str, torch.Tensor]
 
@@ -49,15 +46,6 @@ _ALLOWED = {
 def _unpickler(file, load_storage) -> RestrictedUnpickler:
     return RestrictedUnpickler(file, load_storage, allow=_ALLOWED, records=_is_torchscript_class,
                                source="the archive's data.pkl", what="tensors and TorchScript module state")
-
-
-def _zip_entry_offset(mm: mmap.mmap, info: zipfile.ZipInfo) -> int:
-    """Offset of an entry's bytes in the file (after its local header)."""
-    header = mm[info.header_offset:info.header_offset + 30]
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise CheckpointError(f"corrupt zip entry {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
 
 
 def _find_data_pkl(names: list[str]) -> str | None:
@@ -129,42 +117,8 @@ def read_torchscript_archive(path: str | os.PathLike) -> StateDict:
         order = infos.get(f"{prefix}/byteorder")
         if order is not None and zf.read(order).strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian archives are not supported")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        storages: dict[str, torch.Tensor] = {}
-        total = [0]  # bytes of all storages so far
-
-        def load_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
-            if key in storages:
-                storage = storages[key]
-                if storage.dtype != dtype or storage.numel() != numel:
-                    raise CheckpointError(f"storage {key} is used with two different types")
-                return storage
-            info = infos.get(f"{prefix}/data/{key}")
-            if info is None:
-                raise CheckpointError(f"data.pkl refers to storage {key}, which the archive lacks")
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            nbytes = numel * itemsize
-            if info.file_size != nbytes:
-                raise CheckpointError(
-                    f"storage {key} holds {info.file_size} bytes, expected {numel} x {itemsize}"
-                )
-            total[0] += nbytes
-            if total[0] > MAX_ARCHIVE_BYTES:
-                raise CheckpointError(
-                    f"the archive's tensors would take more than {MAX_ARCHIVE_BYTES:,} bytes, more than the "
-                    "largest known CLIP architecture (RN50x64) needs; refusing to allocate them")
-            offset = _zip_entry_offset(mm, info)
-            if offset + info.compress_size > len(mm):
-                raise CheckpointError(f"storage {key} runs past the end of the file (truncated archive?)")
-            if info.compress_type == zipfile.ZIP_STORED and offset % itemsize == 0:
-                storage = torch.frombuffer(mm, dtype=dtype, count=numel, offset=offset) if numel else \
-                    torch.empty(0, dtype=dtype)
-            else:  # compressed or misaligned: one copy, of exactly the declared size, bounded
-                raw = safe_pickle.read_zip_storage(zf, info, nbytes)
-                storage = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
-            storages[key] = storage
-            return storage
-
+        load_storage = ArchiveStorages(f, zf, f"{prefix}/data/", MAX_ARCHIVE_BYTES,
+                                       ", more than the largest known CLIP architecture (RN50x64) needs")
         with zf.open(infos[data_pkl]) as pkl:
             try:
                 root = _unpickler(pkl, load_storage).load()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from clipkit.checkpoints.errors import PickleRefused
-from clipkit.checkpoints.safe_pickle import Record, RestrictedUnpickler, read_zip_storage
+from clipkit.checkpoints.safe_pickle import ArchiveStorages, Record, RestrictedUnpickler, read_zip_storage
 from clipkit.generator.dvae import DVAE, DVAEConfig
 
 __all__ = ["PickleRefused", "read_pickled_state_dict", "convert_openai_dvae", "load_openai_dvae"]
@@ -73,28 +73,13 @@ def _unpickler(file, load_storage=None) -> RestrictedUnpickler:
 
 
 def _read_zip(path: Path) -> Any:
-    with zipfile.ZipFile(path) as zf:
+    with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("data.pkl")), None)
         if pkl is None:
             raise ValueError(f"{path}: a zip file without data.pkl is not a torch.save archive")
         prefix = pkl[: -len("data.pkl")]
-
-        total = [0]
-
-        def load_storage(key, dtype, numel):
-            nbytes = numel * torch.empty((), dtype=dtype).element_size()
-            total[0] += nbytes
-            if total[0] > MAX_FILE_BYTES:
-                raise PickleRefused(f"its tensors would take more than {MAX_FILE_BYTES:,} bytes")
-            try:
-                info = zf.getinfo(f"{prefix}data/{key}")
-            except KeyError:
-                raise PickleRefused(f"the pickle refers to storage {key}, which the archive lacks") from None
-            raw = read_zip_storage(zf, info, nbytes)  # bounded: exactly nbytes
-            t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-            return t.view(dtype)
-
+        load_storage = ArchiveStorages(f, zf, f"{prefix}data/", MAX_FILE_BYTES)
         info = zf.getinfo(pkl)
         if info.file_size > MAX_FILE_BYTES:
             raise PickleRefused(f"{pkl} declares {info.file_size:,} bytes")
