@@ -144,11 +144,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file, load_storage: Callable[[str, torch.dtype, int], torch.Tensor] | None = None, *,
-                 allow: Mapping[tuple[str, str], Any] = {}, records: Callable[[str, str], bool] | None = None,
+                 allow: Mapping[tuple[str, str], Any] | None = None, records: Callable[[str, str], bool] | None = None,
                  module_pids: bool = False, source: str = "the pickle", what: str = "tensors"):
         super().__init__(file)
         self._load_storage = load_storage
-        self._allow = allow
+        self._allow = allow or {}
         self._records = records
         self._module_pids = module_pids
         self._source, self._what = source, what
