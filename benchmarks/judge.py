@@ -106,6 +106,8 @@ def images_to_tensor(images: Sequence[Any] | torch.Tensor, size: int) -> torch.T
     """PIL images, uint8 (B, 3, H, W) or float [0, 1] (B, 3, H, W) -> float (B, 3, size, size).
 
     Downsampling averages boxes of pixels (`area`), the same for training and judging."""
+    from clipkit.transforms import to_tensor
+
     if isinstance(images, torch.Tensor):
         x = images[None] if images.dim() == 3 else images
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
@@ -120,8 +122,7 @@ def images_to_tensor(images: Sequence[Any] | torch.Tensor, size: int) -> torch.T
                 continue
             if not hasattr(img, "convert"):
                 raise TypeError(f"image {i} is a {type(img).__name__}; pass PIL images or a (B, 3, H, W) tensor")
-            a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
-            arrays.append(torch.from_numpy(a).permute(2, 0, 1))  # (3, H, W)
+            arrays.append(to_tensor(img))  # (3, H, W) in [0, 1]
         shapes = {tuple(a.shape) for a in arrays}
         if len(shapes) > 1:
             arrays = [F.interpolate(a[None], size=(size, size), mode="area")[0] for a in arrays]
@@ -290,12 +291,23 @@ class TrainResult:
 def train_judge(config: JudgeConfig | None = None, *, n_train: int = 20_000, n_val: int = 4_050,
                 epochs: int = 8, batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4,
                 seed: int = 0, blur: float = 0.5, blur_sigma: float = 1.0, log_every: int = 0,
-                data=None) -> TrainResult:
+                data=None, out_dir: str | os.PathLike | None = None, resume: bool = False,
+                stop_at: int | None = None, save_every: int = 0) -> TrainResult:
     """Train a judge on `n_train` fresh renders of every pair; report accuracy on `n_val` others.
 
     data: optionally ((images, colour, shape) train, (images, colour, shape) val) already
     rendered, e.g. to reuse them across runs. Deterministic for a given seed and thread count.
+
+    It runs on clipkit's training skeleton (`clipkit.training.loop.Trainer`): AdamW with
+    the one parameter-grouping rule (convolution and linear weights decay; BatchNorm and
+    biases do not), its own one-cycle learning rate. out_dir: where `judge-last.pt` goes
+    (every `save_every` steps and at the end); resume: continue from it, exactly (the
+    epoch's order and the private generator's state are in it); stop_at: stop early.
     """
+    from clipkit.training.loop import Trainer
+    from clipkit.training.params import param_groups
+    from clipkit.training.state import load_checkpoint
+
     config = config or JudgeConfig()
     t0 = time.perf_counter()
     if data is None:
@@ -305,33 +317,45 @@ def train_judge(config: JudgeConfig | None = None, *, n_train: int = 20_000, n_v
         train, val = data
     x_train = images_to_tensor(train[0], config.image_size)  # downsample once
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the epochs' order and the blur
     net = JudgeNet(config)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups(net, weight_decay), lr=lr)
     n = len(x_train)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
-    log, step = [], 0
+    order = None  # this epoch's permutation of the training images
+    path = Path(out_dir) / "judge-last.pt" if out_dir is not None else None
+    trainer = Trainer(net, opt, sched, kind="judge", steps=total, stop_at=stop_at, checkpoint=path,
+                      save_every=save_every, log_every=log_every, log=lambda rec: print(json.dumps(rec), flush=True),
+                      state=lambda: {"generator": gen.get_state(), "order": order, "config": config.to_dict()})
+    if resume:
+        if path is None:
+            raise ValueError("resume=True needs out_dir")
+        ckpt = load_checkpoint(path, kind="judge")
+        trainer.restore(ckpt)
+        gen.set_state(ckpt["generator"])
+        order = ckpt["order"]
+
+    def step(s: int, _) -> dict:
+        nonlocal order
+        if s % steps_per_epoch == 0:
+            order = torch.randperm(n, generator=gen)
+        start = (s % steps_per_epoch) * batch_size
+        idx = order[start:start + batch_size]
+        x = x_train[idx]
+        if blur > 0:
+            x = _random_blur(x, gen, p=blur, max_sigma=blur_sigma)
+        c_logits, s_logits = net(x)
+        loss = F.cross_entropy(c_logits, train[1][idx]) + F.cross_entropy(s_logits, train[2][idx])
+        trainer.update(loss)
+        return {"loss": loss.detach()}
+
+    def record(s: int, metrics: dict, *_) -> dict:
+        return {"step": s, "loss": round(metrics["loss"].item(), 4), "seconds": round(time.perf_counter() - t0, 1)}
+
     net.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            x = x_train[idx]
-            if blur > 0:
-                x = _random_blur(x, gen, p=blur, max_sigma=blur_sigma)
-            c_logits, s_logits = net(x)
-            loss = F.cross_entropy(c_logits, train[1][idx]) + F.cross_entropy(s_logits, train[2][idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if log_every and (step % log_every == 0 or step == total):
-                log.append({"step": step, "loss": round(loss.item(), 4),
-                            "seconds": round(time.perf_counter() - t0, 1)})
-                print(json.dumps(log[-1]), flush=True)
+    log = trainer.fit(step, on_log=record)
     judge = Judge(net)
     metrics: dict[str, Any] = {"n_train": n, "epochs": epochs, "steps": total, "seed": seed,
                                "blur": {"p": blur, "max_sigma": blur_sigma},

@@ -136,10 +136,13 @@ class Trainer:
             if after_step is not None:
                 after_step(self.step)
             if self.save_every and self.step % self.save_every == 0 and self.step != self.end:
-                self.save()
-                if on_save is not None:
-                    on_save(self.step)
-        self.save()
-        if on_save is not None and self.checkpoint is not None:
-            on_save(self.step)
+                self._checkpoint(on_save)
+        self._checkpoint(on_save)
         return self.history
+
+    def _checkpoint(self, on_save) -> None:
+        if self.checkpoint is None or not self.main:
+            return
+        self.save()
+        if on_save is not None:
+            on_save(self.step)
