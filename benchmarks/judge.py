@@ -16,7 +16,10 @@ A light random blur makes it robust to the soft images a dVAE decodes.
 
     judge = train_judge(JudgeConfig(), n_train=20_000, epochs=8).judge   # ~8 min on one core
     judge.save("runs/judge/judge.safetensors")
-    python -m benchmarks.judge --out runs/judge/judge.safetensors
+    python -m benchmarks.judge --out runs/judge/judge.safetensors   # checkpoints runs/judge/judge-last.pt
+
+Training runs on clipkit's shared skeleton (`clipkit.training.loop.Trainer`), so it
+checkpoints and resumes exactly like the other trainers (`--stop-at`, `--resume`).
 """
 from __future__ import annotations
 
@@ -404,11 +407,21 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also checkpoint (judge-last.pt beside --out) every N steps [0: at the end only]")
+    p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed); continue with --resume")
+    p.add_argument("--resume", action="store_true", help="continue from judge-last.pt beside --out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = train_judge(JudgeConfig(image_size=args.image_size, channels=tuple(int(c) for c in args.channels.split(","))), n_train=args.n_train, n_val=args.n_val,
+    config = JudgeConfig(image_size=args.image_size, channels=tuple(int(c) for c in args.channels.split(",")))
+    result = train_judge(config, n_train=args.n_train, n_val=args.n_val,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         blur=args.blur, blur_sigma=args.blur_sigma, log_every=args.log_every)
+                         blur=args.blur, blur_sigma=args.blur_sigma, log_every=args.log_every,
+                         out_dir=Path(args.out).parent, resume=args.resume, stop_at=args.stop_at,
+                         save_every=args.checkpoint_every)
+    if result.judge.metrics_["steps"] > (args.stop_at or result.judge.metrics_["steps"]):
+        print(json.dumps({"stopped_at": args.stop_at, "checkpoint": str(Path(args.out).parent / "judge-last.pt")}))
+        return 0
     result.judge.metrics_["train_seconds"] = round(result.seconds, 1)
     result.judge.metrics_["threads"] = args.threads
     path = result.judge.save(args.out)

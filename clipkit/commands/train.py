@@ -108,7 +108,7 @@ def config_from_args(args: argparse.Namespace):
     if args.resume:
         out = args.out or values["out"]
         path = Path(out) / "checkpoint.pt" if args.resume is True else Path(args.resume)
-        values.update(load_checkpoint(path)["train_config"])
+        values.update(load_checkpoint(path, kind="clip")["train_config"])
     for flag, field in _FIELDS.items():
         value = getattr(args, flag, None)
         if value is not None:
