@@ -40,6 +40,9 @@ shuffling state: global sample index = samples_seen + j, and rank r renders the
 contiguous slice [r n, (r+1) n) of every global batch. The gathered features are then in
 global-batch order, and a checkpoint only needs `samples_seen` to resume the stream.
 
+The loop, checkpoints and resume are the shared skeleton's (`clipkit.training.loop.Trainer`);
+this module keeps the model, the data stream, the logged window and the evaluation.
+
 Run: `clipkit train --config clipkit-synth --steps 3000 --out runs/synth` or
 `torchrun --nproc_per_node=2 -m clipkit train --config ...` (same arguments).
 """
@@ -54,7 +57,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from clipkit.distributed import DistInfo, is_distributed
@@ -63,9 +65,9 @@ from clipkit.models.config import CLIPConfig, get_config
 from clipkit.training.contrastive import (MAX_LOGIT_SCALE, PRECISIONS, ContrastiveModel, LossOutput,  # noqa: F401
                                           autocast_context, clamp_logit_scale, clip_loss, forward_loss,
                                           gather_features, gather_sizes, train_step)
+from clipkit.training.loop import Trainer
 from clipkit.training.params import param_groups  # noqa: F401
 from clipkit.training.schedule import WarmupCosine, warmup_cosine  # noqa: F401
-from clipkit.training.loop import Trainer
 from clipkit.training.state import (_log_line, _rng_state, _set_rng_state, _trim_log, atomic_save,  # noqa: F401
                                     load_checkpoint)
 
