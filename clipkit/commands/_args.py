@@ -113,6 +113,14 @@ def add_quiet_flag(p: argparse.ArgumentParser, *old_spellings: str) -> None:
     p.add_argument("--quiet", *old_spellings, dest="quiet", action="store_true", help=f"no progress output{note}")
 
 
+def add_fast_flag(p: argparse.ArgumentParser, what: str = "encode the images faster") -> None:
+    """--fast [bf16|int8] (a bare --fast means bf16): `clipkit.models.fast.fast_model`'s modes."""
+    p.add_argument("--fast", nargs="?", const="bf16", choices=("bf16", "int8"), default=None,
+                   help=f"{what}: bf16 (a bare --fast) = bfloat16 weights in torch, about 2x on CPUs with "
+                        "AVX-512 BF16; int8 = ONNX Runtime with int8 weights (needs clipkit[onnx]), about 3x "
+                        "for ViTs; embeddings within cosine 0.999 of fp32")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, batch_size: int = 64, device_flag: bool = True,
                    cache_flag: bool = True) -> None:
     """The flags every command that runs a CLIP model over a batch of inputs takes."""

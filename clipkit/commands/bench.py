@@ -15,7 +15,7 @@ examples:
 """
 
 
-from clipkit.commands._args import add_model_args, nonnegative_int, output_file, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, nonnegative_int, output_file, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=output_file, help="write the results JSON here (and a confusion PNG beside it)")
     p.add_argument("--chunk-size", type=positive_int, default=512,
                    help="images per cached chunk, the unit of resume and of work per rank [512]")
-    p.add_argument("--fast", nargs="?", const="bf16", choices=("bf16", "int8"), default=None,
-                   help="encode images faster: bf16 (the default for a bare --fast) = bfloat16 weights in torch, "
-                        "about 2x on CPUs with AVX-512 BF16; int8 = ONNX Runtime with int8 weights "
-                        "(needs clipkit[onnx]), about 3x for ViTs; embeddings within cosine 0.999 of fp32")
+    add_fast_flag(p)
     p.add_argument("--list-models", action="store_true", help="print the known model names and exit")
     p.set_defaults(func=run)
 
@@ -52,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_benchmark(
             dataset=args.dataset, root=args.root, split=args.split, task=args.task,
-            model=args.checkpoint or args.model, templates=args.templates,
+            model=model_spec(args), templates=args.templates,
             batch_size=args.batch_size, workers=args.workers, out=args.out,
             cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size,
             fast=args.fast, device=args.device)
-    except (ValueError, OSError, ImportError) as e:  # DatasetLayoutError is a ValueError; ImportError: --fast int8 without onnx
+    except (ValueError, OSError, ImportError) as e:  # ImportError: int8 without onnx
         print(f"clipkit bench: {e}", file=sys.stderr)
         return 2
     if result is None:  # not rank 0

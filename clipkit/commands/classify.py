@@ -22,7 +22,7 @@ stderr and skipped; the exit status is 1 only when no image could be classified.
 """
 
 
-from clipkit.commands._args import add_model_args, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt templates [the class set's own, else 'a photo of a {}.']")
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="labels shown per image [5]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--fast", choices=("bf16", "int8"), default=None,
-                   help="encode the images faster: bf16 = bfloat16 weights in torch; int8 = ONNX Runtime "
-                        "with int8 weights (needs clipkit[onnx]); embeddings within cosine 0.999 of fp32")
+    add_fast_flag(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         clf = zero_shot(args.labels if args.labels else args.classes, args.templates,
-                        model=args.checkpoint or args.model, device=args.device, batch_size=args.batch_size,
+                        model=model_spec(args), device=args.device, batch_size=args.batch_size,
                         cache=not args.no_cache, progress=False if args.quiet else None, fast=args.fast)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"clipkit classify: {e}", file=sys.stderr)

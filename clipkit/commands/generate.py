@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipkit.commands._args import float_in, image_output, positive_int
+from clipkit.commands._args import add_quiet_flag, float_in, image_output, positive_int
 
 EPILOG = """\
 examples:
@@ -40,11 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=positive_int, help="upscale each image in the grid by this factor "
                                                       "[cells of about 128 pixels: 2 for 64-pixel images, 4 for 32]")
     p.add_argument("--cols", type=positive_int, help="grid columns [√n]")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_quiet_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipkit.generator.generator import Generator, load_default
+    from clipkit.generator.generator import Generator, load_default, make_grid
 
     try:
         gen = Generator.load(args.checkpoint) if args.checkpoint else load_default()
@@ -84,28 +84,3 @@ def run(args: argparse.Namespace) -> int:
         for rank, (j, s) in enumerate(zip(images.indices, images.scores)):
             print(f"{rank + 1:>3}. {s:+.4f}  sample {j}")
     return 0
-
-
-def make_grid(images: list, cols: int | None = None, scale: int = 1, labels: list[str] | None = None,
-              pad: int = 2):
-    """Tile PIL images into one image, with an optional label under each."""
-    import math
-
-    from PIL import Image, ImageDraw
-
-    if not images:
-        raise ValueError("no images to tile")
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    label_h = 12 if labels else 0
-    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
-        grid.paste(img.resize((w, h), Image.NEAREST), (x, y))
-        if labels:
-            draw.text((x + 1, y + h), labels[i], fill=(0, 0, 0))
-    return grid

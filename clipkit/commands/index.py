@@ -19,7 +19,7 @@ Then: clipkit search photos.idx "a red circle".
 """
 
 
-from clipkit.commands._args import add_model_args, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", action="store_true", help="start afresh (e.g. after changing the model)")
     p.add_argument("--chunk-size", type=positive_int, default=512, help="files per shard, the unit of resuming [512]")
     add_model_args(p, cache_flag=False)  # the index is its own store: no other cache is read
-    p.add_argument("--fast", nargs="?", const="bf16", choices=("bf16", "int8"), default=None,
-                   help="embed the images faster: bf16 (a bare --fast) = bfloat16 weights in torch; int8 = "
-                        "ONNX Runtime with int8 weights (needs clipkit[onnx]); embeddings within cosine 0.999 "
-                        "of fp32. Recorded in the index: updates must use the same setting")
+    add_fast_flag(p, "embed the images faster (recorded in the index: updates use the same setting)")
     p.set_defaults(func=run)
 
 
@@ -41,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from clipkit.index import Index
 
     try:
-        report = Index.build(args.root, args.out, args.checkpoint or args.model, batch_size=args.batch_size,
+        report = Index.build(args.root, args.out, model_spec(args), batch_size=args.batch_size,
                              chunk_size=args.chunk_size, device=args.device, rebuild=args.rebuild,
                              progress=False if args.quiet else None, fast=args.fast)
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:  # ImportError: int8 without onnx

@@ -22,7 +22,7 @@ class set's own (e.g. cifar10's 18), else the 80 ImageNet templates.
 """
 
 
-from clipkit.commands._args import add_model_args, positive_int
+from clipkit.commands._args import add_model_args, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from clipkit.evaluation.sensitivity import sensitivity_report
 
     try:
-        report = sensitivity_report(args.inputs, args.classes, args.templates, args.checkpoint or args.model,
+        report = sensitivity_report(args.inputs, args.classes, args.templates, model_spec(args),
                                     out_dir=args.out_dir, max_templates=args.max_templates,
                                     batch_size=args.batch_size, device=args.device,
                                     progress=False if args.quiet else None)

@@ -16,7 +16,7 @@ image could be scored, 2 for bad arguments or a model that cannot be loaded.
 """
 
 
-from clipkit.commands._args import add_model_args, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", required=True)
     p.add_argument("--top", type=positive_int, default=None, help="how many to keep [all, sorted]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--fast", choices=("bf16", "int8"), default=None,
-                   help="encode the images faster: bf16 = bfloat16 weights in torch; int8 = ONNX Runtime "
-                        "with int8 weights (needs clipkit[onnx]); embeddings within cosine 0.999 of fp32")
+    add_fast_flag(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipkit rerank: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 1
     try:
-        reranker = Reranker(args.checkpoint or args.model, device=args.device, batch_size=args.batch_size,
+        reranker = Reranker(model_spec(args), device=args.device, batch_size=args.batch_size,
                             fast=args.fast)
         result = reranker.rerank(images, args.caption, top_k=args.top, skip_unreadable=True)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as e:

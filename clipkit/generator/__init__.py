@@ -19,6 +19,7 @@ _LAZY = {
     "Generator": "clipkit.generator.generator",
     "GeneratedImages": "clipkit.generator.generator",
     "load_default": "clipkit.generator.generator",
+    "make_grid": "clipkit.generator.generator",
     "DVAE": "clipkit.generator.dvae",
     "DVAEConfig": "clipkit.generator.dvae",
     "OPENAI_DVAE": "clipkit.generator.dvae",

@@ -299,6 +299,31 @@ def pil_to_tensor(image, size: int | None = None) -> torch.Tensor:
     return to_tensor(image, size)
 
 
+def make_grid(images: list, cols: int | None = None, scale: int = 1, labels: list[str] | None = None,
+              pad: int = 2):
+    """Tile PIL images into one image, with an optional label under each."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    if not images:
+        raise ValueError("no images to tile")
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    label_h = 12 if labels else 0
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
+        grid.paste(img.resize((w, h), Image.NEAREST), (x, y))
+        if labels:
+            draw.text((x + 1, y + h), labels[i], fill=(0, 0, 0))
+    return grid
+
+
 def tensor_to_pil(images: torch.Tensor) -> list:
     """(B, 3, H, W) in [0, 1] -> PIL images."""
     from PIL import Image
