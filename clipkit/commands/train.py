@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clipkit.commands._args import OneLineParser, float_in, nonnegative_int, positive_int
+from clipkit.commands._args import OneLineParser, add_quiet_flag, float_in, nonnegative_int, positive_int
 
 EPILOG = """\
 examples:
@@ -80,8 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or CHECKPOINT) with its saved settings; "
                         "flags given now override them")
-    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
-                   help="no progress output (--no-progress: the older spelling)")
+    add_quiet_flag(p, "--no-progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +112,7 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag, None)
         if value is not None:
             values[field] = value
-    values["progress"] = not args.no_progress
+    values["progress"] = not args.quiet
     return TrainConfig(**values)
 
 
