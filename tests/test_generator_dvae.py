@@ -124,6 +124,24 @@ def test_short_training_lowers_reconstruction_loss(tmp_path):
     assert hist[-1]["eval_psnr"] > hist[0]["eval_psnr"]
     loaded = load_dvae(tmp_path / "dvae.safetensors")
     assert torch.equal(loaded.encode(data[:4]), model.encode(data[:4]))
+    for rec in hist:  # the codebook monitor is in every record, and consistent
+        assert rec["codes_used"] + rec["dead_codes"] == cfg.vocab_size
+        assert 1 <= rec["code_perplexity"] <= rec["codes_used"] + 1e-9
+
+
+def test_codebook_usage_counts_argmax_codes_and_their_perplexity():
+    from clipkit.generator.train import codebook_usage
+
+    logits = torch.full((2, 8, 2, 2), -1.0)  # 8 positions over a codebook of 8
+    for i, code in enumerate([0, 0, 0, 0, 1, 1, 2, 3]):
+        b, r = divmod(i, 4)
+        logits[b, code, r // 2, r % 2] = 5.0
+    u = codebook_usage(logits)
+    assert u["codes_used"] == 4 and u["dead_codes"] == 4
+    # histogram 4/8, 2/8, 1/8, 1/8: entropy 1.75 bits -> perplexity 2 ** 1.75
+    assert u["code_perplexity"] == pytest.approx(2 ** 1.75)
+    uniform = torch.eye(8).view(8, 8, 1, 1)  # each image its own code
+    assert codebook_usage(uniform) == {"codes_used": 8, "dead_codes": 0, "code_perplexity": pytest.approx(8.0)}
 
 
 def test_resume_equals_straight_run(tmp_path):

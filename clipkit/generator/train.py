@@ -94,6 +94,20 @@ def kl_weight_at(step: int, steps: int, tc: DVAETrainConfig) -> float:
     return tc.kl_weight if ramp <= 0 else tc.kl_weight * min(1.0, step / ramp)
 
 
+def codebook_usage(logits: torch.Tensor) -> dict[str, float]:
+    """How much of the codebook a batch's hard codes use: `codes_used` (distinct argmax
+    codes), `dead_codes` (codebook size minus that) and `code_perplexity` (exp of the
+    entropy of the codes' histogram: the number of equally used codes it is worth).
+    A collapsing dVAE shows it here first (DALL-E's dVAE keeps its 8,192 codes alive).
+    logits: (B, V, h, w)."""
+    vocab = logits.shape[1]
+    counts = torch.bincount(logits.detach().argmax(dim=1).flatten(), minlength=vocab).double()
+    p = counts[counts > 0] / counts.sum()
+    used = int((counts > 0).sum())
+    return {"codes_used": used, "dead_codes": vocab - used,
+            "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}
+
+
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """The generator of one random choice of one step: a function of (seed, step, stream)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
@@ -211,6 +225,8 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
         and `dvae.safetensors` (the weights, at the end) go. resume: continue from the
         checkpoint there. stop_at: stop early at this step (the schedules still span `steps`).
     eval_images: a fixed batch whose hard (argmax) reconstruction MSE / PSNR is logged.
+    Each record also holds the logged step's codebook usage (`codebook_usage`: codes
+    used, dead codes, perplexity), to catch a collapsing codebook early.
     Returns the model and the logged history.
     """
     model = model if isinstance(model, DVAE) else DVAE(model)
@@ -226,7 +242,7 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
         stats, logits = model(images, temp, generator=step_generator(tc.seed, s, 1))
         loss, parts = model.loss(images, stats, logits, beta)
         trainer.update(loss)
-        return {"loss": loss.detach(), **parts, "temperature": temp, "kl_weight": beta}
+        return {"loss": loss.detach(), **parts, "temperature": temp, "kl_weight": beta, **codebook_usage(logits)}
 
     def record(s: int, metrics: dict, lr: float, seconds: float) -> dict:
         rec = {"step": s, **metrics, "loss": metrics["loss"].item(), "lr": lr, "s_per_step": seconds}
