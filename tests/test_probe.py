@@ -78,3 +78,26 @@ def test_stratified_split_keeps_every_class_on_both_sides():
     assert (y[val] == 0).sum() == 2
     again = _stratified_split(y, 0.2, seed=0)
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+
+
+def test_probe_extract_features_is_a_deprecated_alias_of_the_one_feature_path():
+    """`clipkit.probe.extract_features` was public (in `__all__`); it now warns and is
+    `clipkit.encode.extract_features`, which takes its arguments and returns the same type."""
+    import importlib
+
+    import clipkit.encode
+    from clipkit.encode import EncodedImages
+    from clipkit.models import create_model
+
+    with pytest.warns(DeprecationWarning, match="clipkit.encode.extract_features"):
+        old = importlib.import_module("clipkit.evaluation.probe").extract_features
+    assert old is clipkit.encode.extract_features
+    with pytest.warns(DeprecationWarning):
+        from clipkit.probe import extract_features  # the old spelling
+    torch.manual_seed(0)
+    model = create_model("tiny-vit").eval()
+    enc = extract_features(model, torch.randn(5, 3, 32, 32), batch_size=2, device="cpu", cache=False,
+                           skip_unreadable=False, progress=False)
+    assert isinstance(enc, EncodedImages) and enc.features.shape == (5, 32) and enc.indices == list(range(5))
+    with pytest.raises(AttributeError):
+        importlib.import_module("clipkit.evaluation.probe").no_such_name

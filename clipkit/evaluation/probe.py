@@ -163,3 +163,16 @@ def linear_probe(train_features, train_labels, test_features=None, test_labels=N
         test_acc = float(final.score(Xte, yte))
     return ProbeResult(C=C, val_acc=scores[log_c], test_acc=test_acc, classifier=final, search=search,
                        not_converged=not_converged)
+
+
+def __getattr__(name: str):
+    # `extract_features` was public here (in `__all__`) until the one feature path moved to
+    # `clipkit.encode`; the old name keeps working, with a warning. Its arguments are a
+    # subset of the new function's, and it returns the same `EncodedImages`.
+    if name == "extract_features":
+        warnings.warn("clipkit.probe.extract_features moved to clipkit.encode.extract_features; "
+                      "import it from there", DeprecationWarning, stacklevel=2)
+        from clipkit.encode import extract_features
+
+        return extract_features
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
