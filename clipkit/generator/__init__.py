@@ -5,11 +5,14 @@
     images = gen.generate("a green pentagon", n=16, seed=0)
 
 Parts: `dvae.py` (discrete VAE, the released DALL·E architecture), `openai_dvae.py` (the
-released weights, read without unpickling code), `transformer.py` (text + image stream with
-row / column / convolutional masks), `sample.py` (KV-cached sampling, guidance),
-`generator.py` (the `Generator` pipeline), `train.py` (training both stages; imported only
-when asked for). The generator imports only the tokenizer and the shared layers.
-Names resolve lazily: importing this package loads nothing heavy.
+released weights, read through clipkit's one restricted unpickler,
+`clipkit.checkpoints.safe_pickle`), `transformer.py` (text + image stream with row / column /
+convolutional masks), `sample.py` (KV-cached sampling, guidance), `generator.py` (the
+`Generator` pipeline, and `make_grid` to tile its images), `configs.py` (the named
+architectures), `train.py` (training both stages on the shared skeleton,
+`clipkit.training`; imported only when asked for). Outside this package the model code
+uses only the tokenizer and the shared layers. Names resolve lazily: importing this
+package loads nothing heavy.
 """
 from __future__ import annotations
 

@@ -465,11 +465,11 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
     log(f"generator written to {out / 'generator.safetensors'}")
 
 
-if __name__ == "__main__":  # the old spelling of `clipkit train-generator`, kept as an alias
+if __name__ == "__main__":  # `python -m clipkit.generator.train`: the old spelling of `clipkit train-generator`
     import warnings
 
     from clipkit.cli import main
 
-    warnings.warn("`clipkit train-generator` is deprecated: use `clipkit train-generator`",
+    warnings.warn("`python -m clipkit.generator.train` is deprecated: use `clipkit train-generator`",
                   DeprecationWarning, stacklevel=1)
     sys.exit(main(["train-generator", *sys.argv[1:]]))
