@@ -363,8 +363,6 @@ def _encode(model: nn.Module, X, *, preprocess: Callable | None, batch_size: int
                          seconds=time.perf_counter() - t0)
 
 
-
-
 # ---------------------------------------------------------------------------
 # The feature cache: chunks of an input's embeddings, on disk and over ranks
 # ---------------------------------------------------------------------------

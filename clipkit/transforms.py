@@ -272,10 +272,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(name, f"cannot load image {name}: {e}") from e
 
 
-# ---------------------------------------------------------------------------
-# geometry: torchvision's Resize(int) and CenterCrop arithmetic
-# ---------------------------------------------------------------------------
-
 def to_tensor(image: Image.Image | str | os.PathLike, size: int | None = None) -> torch.Tensor:
     """The one PIL -> tensor converter without normalisation: an image (or a path, read with
     `load_image`) -> (3, H, W) float32 in [0, 1], resized bicubically to size x size if
@@ -288,6 +284,10 @@ def to_tensor(image: Image.Image | str | os.PathLike, size: int | None = None) -
         image = image.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
+
+# ---------------------------------------------------------------------------
+# geometry: torchvision's Resize(int) and CenterCrop arithmetic
+# ---------------------------------------------------------------------------
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(w, h) after torchvision's `Resize(size)`: short side -> size, long side truncated."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from clipkit.training.state import checkpoint_state, atomic_save, restore
+from clipkit.training.state import restore, save_checkpoint
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler=None, *,
@@ -90,8 +90,7 @@ class Trainer:
             return
         extra = self.state() if self.state is not None else {}
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(checkpoint_state(self.kind, self.step, self.model, self.optimizer, self.scheduler, **extra),
-                    self.checkpoint)
+        save_checkpoint(self.checkpoint, self.kind, self.step, self.model, self.optimizer, self.scheduler, **extra)
 
     # -- the loop ---------------------------------------------------------------------
 

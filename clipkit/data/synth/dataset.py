@@ -4,13 +4,11 @@ from __future__ import annotations
 from typing import Callable
 
 from clipkit.data.synth.world import Sample, SynthWorld
-from clipkit.transforms import to_tensor  # the one converter; re-exported by clipkit.data.synth
+from clipkit.transforms import to_tensor  # noqa: F401 - the one converter; re-exported by clipkit.data.synth
 
-
+# ---------------------------------------------------------------------------
 # torch Dataset
 # ---------------------------------------------------------------------------
-
-
 
 try:
     from torch.utils.data import Dataset as _TorchDataset
