@@ -103,7 +103,7 @@ def resolve_model(model=None, device: str | torch.device | None = "cpu") -> tupl
 
 
 # ---------------------------------------------------------------------------
-# Images -> embeddings (shared by the classifier, the linear probe and the CLI)
+# Images -> embeddings (the classifier, the reranker, the index, evaluation, training's evaluation)
 # ---------------------------------------------------------------------------
 
 
