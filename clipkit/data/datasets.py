@@ -4,8 +4,10 @@ validation in the layouts people have, and any folder of class sub-folders.
 Every reader is a map-style torch Dataset whose items are `(image, label)` with the
 image already transformed. Files are decoded lazily; a file that cannot be read does
 not stop a run: `__getitem__` returns a `Skipped` marker in place of the image, and
-`collate_skipping` (the DataLoader collate function the benchmark uses) drops such
-items from the batch and reports them, so the run completes and lists what it skipped.
+`clipkit.encode` (through which the benchmark reads its features) lists such items as
+skipped and goes on, so the run completes and reports what it skipped. `Indexed` and
+`collate_skipping` (a DataLoader collate function that drops such items) remain for
+callers of their own; clipkit no longer uses them.
 """
 from __future__ import annotations
 
