@@ -176,7 +176,7 @@ def restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer | Non
         elif own is not None:
             scheduler.last_epoch = step
             scheduler._last_lr = [base * f(step) for base, f in zip(scheduler.base_lrs, own)]
-            for group, lr in zip(optimizer.param_groups, scheduler._last_lr):
+            for group, lr in zip(scheduler.optimizer.param_groups, scheduler._last_lr):
                 group["lr"] = lr
         else:
             raise ValueError(f"the checkpoint has no scheduler state to give a {type(scheduler).__name__}")
