@@ -192,3 +192,19 @@ def test_trainer_without_checkpoint_path_writes_nothing_and_calls_no_on_save(tmp
     trainer = Trainer(net, opt, kind="test", steps=4, save_every=2, checkpoint=tmp_path / "t.pt")
     trainer.fit(lambda s, _: trainer.update(net(torch.ones(1, 2)).sum()), on_save=saved.append)
     assert saved == [2, 4] and load_checkpoint(tmp_path / "t.pt", kind="test")["step"] == 4
+
+
+def test_restore_without_scheduler_state_moves_the_scheduler_to_the_step():
+    """A checkpoint of the generator's older format has no scheduler state: `restore` puts
+    the run's LambdaLR at the checkpoint's step, with or without an optimiser to restore."""
+    from clipkit.training.schedule import WarmupCosine
+    from clipkit.training.state import restore
+
+    model = torch.nn.Linear(3, 2)
+    ckpt = {"model": model.state_dict(), "step": 4, "optimizer": {"state": {}}}  # as the older format gives it
+    for with_optimizer in (True, False):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(2, 10, 0.1))
+        step = restore(ckpt, model, opt if with_optimizer else None, sched, rng=False)
+        assert step == 4 and sched.last_epoch == 4
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * WarmupCosine(2, 10, 0.1)(4))
