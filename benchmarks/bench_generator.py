@@ -76,14 +76,14 @@ def sampling_speed(gen, batch: int, repeats: int) -> list[dict]:
 
 def dvae_error(gen, count: int) -> list[dict]:
     from clipkit.data.synth import SynthWorld
-    from clipkit.generator.generator import pil_to_tensor
+    from clipkit.transforms import to_tensor
     from clipkit.generator.train import evaluate_dvae
 
     out = []
     size = gen.dvae.config.image_size
     for split in ("val", "heldout"):
         world = SynthWorld(seed=0, image_size=size, split=split)
-        images = torch.stack([pil_to_tensor(world.sample(i).image) for i in range(count)])
+        images = torch.stack([to_tensor(world.sample(i).image) for i in range(count)])
         r = evaluate_dvae(gen.dvae, images)
         out.append({"split": split, **r})
     return out
@@ -113,7 +113,7 @@ def completion_grid(gen, n: int, path: Path) -> list[str]:
     from PIL import Image
 
     from clipkit.data.synth import SynthWorld
-    from clipkit.generator.generator import pil_to_tensor
+    from clipkit.transforms import to_tensor
 
     world = SynthWorld(seed=0, image_size=gen.dvae.config.image_size, split="val")
     g = gen.transformer.config.grid_size
@@ -122,7 +122,7 @@ def completion_grid(gen, n: int, path: Path) -> list[str]:
     grid = Image.new("RGB", ((n + 3) * (side + pad) + pad, len(samples) * (side + pad) + pad), (255, 255, 255))
     captions = []
     for r, s in enumerate(samples):
-        x = pil_to_tensor(s.image)
+        x = to_tensor(s.image)
         codes = gen.dvae.encode(x[None]).flatten(1)
         recon = gen.decode(codes)[0]
         half = gen.decode(codes)[0].copy()

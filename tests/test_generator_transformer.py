@@ -348,3 +348,15 @@ def test_generate_command_writes_a_grid(tmp_path, capsys):
     assert main(["generate", "a red star", "-n", "1", "--out", str(out), "--checkpoint", str(path)]) == 0
     assert Image.open(out).size == (128 // side * side + 4,) * 2
     assert main(["generate", "x", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_pil_to_tensor_is_a_deprecated_alias_of_the_one_converter():
+    from PIL import Image
+
+    from clipkit.generator.generator import pil_to_tensor
+    from clipkit.transforms import to_tensor
+
+    image = Image.new("RGB", (5, 7), (10, 200, 30))
+    with pytest.warns(DeprecationWarning, match="clipkit.transforms.to_tensor"):
+        old = pil_to_tensor(image, 4)
+    assert torch.equal(old, to_tensor(image, 4)) and old.shape == (3, 4, 4)

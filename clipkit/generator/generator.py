@@ -146,7 +146,9 @@ class Generator(nn.Module):
         if isinstance(image_prompt, torch.Tensor) and image_prompt.dtype == torch.long:
             codes = image_prompt.reshape(1, -1)  # codes already
         else:
-            img = image_prompt if isinstance(image_prompt, torch.Tensor) else pil_to_tensor(
+            from clipkit.transforms import to_tensor
+
+            img = image_prompt if isinstance(image_prompt, torch.Tensor) else to_tensor(
                 image_prompt, self.dvae.config.image_size)
             if img.dim() == 3:
                 img = img[None]
@@ -292,10 +294,13 @@ def _rerank(reranker, result: GeneratedImages, top_k: int, clip_ids: torch.Tenso
 
 
 def pil_to_tensor(image, size: int | None = None) -> torch.Tensor:
-    """PIL image (or path) -> (3, H, W) float in [0, 1], resized to size × size if given:
-    `clipkit.transforms.to_tensor` (paths go through `load_image`'s checks)."""
+    """Deprecated: `clipkit.transforms.to_tensor`, the one PIL -> tensor converter."""
+    import warnings
+
     from clipkit.transforms import to_tensor
 
+    warnings.warn("clipkit.generator.generator.pil_to_tensor is deprecated: use clipkit.transforms.to_tensor",
+                  DeprecationWarning, stacklevel=2)
     return to_tensor(image, size)
 
 
