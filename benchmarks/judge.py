@@ -408,7 +408,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="also checkpoint (judge-last.pt beside --out) every N steps [0: at the end only]")
+                   help="checkpoint (judge-last.pt beside --out) every N steps and at the end "
+                        "[0: none, unless --stop-at/--resume]")
     p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed); continue with --resume")
     p.add_argument("--resume", action="store_true", help="continue from judge-last.pt beside --out")
     args = p.parse_args(argv)
@@ -417,7 +418,9 @@ def main(argv=None) -> int:
     result = train_judge(config, n_train=args.n_train, n_val=args.n_val,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          blur=args.blur, blur_sigma=args.blur_sigma, log_every=args.log_every,
-                         out_dir=Path(args.out).parent, resume=args.resume, stop_at=args.stop_at,
+                         # a checkpoint beside --out only when asked for (not next to the shipped weights)
+                         out_dir=Path(args.out).parent if (args.checkpoint_every or args.stop_at or args.resume)
+                         else None, resume=args.resume, stop_at=args.stop_at,
                          save_every=args.checkpoint_every)
     if result.judge.metrics_["steps"] > (args.stop_at or result.judge.metrics_["steps"]):
         print(json.dumps({"stopped_at": args.stop_at, "checkpoint": str(Path(args.out).parent / "judge-last.pt")}))

@@ -1,7 +1,11 @@
 """Argument types, checks and flags the subcommands share.
 
 The shared flags (--model/--checkpoint, --device, --batch-size, --quiet, --no-cache) are
-defined once, below, and every command that takes one takes it from here. Every bad value
+defined once, below, and every command that takes one takes it from here. Where a command
+lacks one, it does not apply: `index` is its own store (no --no-cache); `search` encodes one
+query and `export` writes float32 graphs on the CPU (no --device, --batch-size); `train` and
+`train-generator` build their model from --config and choose the device from torchrun/CUDA;
+`generate`'s --checkpoint names generator weights (its CLIP is --rerank-model). Every bad value
 is an argparse error: one line naming the flag and the value, exit status 2, before any
 model is loaded or any image is encoded.
 """

@@ -212,7 +212,7 @@ def sensitivity_report(inputs, classnames=None, templates=None, model=None, *, o
     else the 80 ImageNet templates. Unreadable images are skipped and listed under
     ``"skipped"``. With `out_dir`, writes ``prompt_sensitivity.json`` and ``.png`` there.
     """
-    from clipkit.encode import extract_features, resolve_model
+    from clipkit.encode import encode_images, resolve_model
     from clipkit.templates import default_templates_for
 
     clip, preprocess = resolve_model(model, device)
@@ -232,8 +232,8 @@ def sensitivity_report(inputs, classnames=None, templates=None, model=None, *, o
         templates = default_templates_for(classnames)
         if templates == "simple":
             templates = "imagenet"  # one template leaves nothing to compare
-    enc = extract_features(clip, paths, preprocess=preprocess, batch_size=batch_size, device=device,
-                           skip_unreadable=True, progress=progress)
+    enc = encode_images(clip, paths, preprocess=preprocess, batch_size=batch_size, device=device,
+                        skip_unreadable=True, progress=progress)
     if not enc.indices:
         raise ValueError(f"none of the {len(paths)} images could be read")
     y = [index[labels[i]] for i in enc.indices]
