@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -135,6 +136,21 @@ def add_model_args(p: argparse.ArgumentParser, *, batch_size: int = 64, device_f
     if cache_flag:
         add_cache_flag(p)
     add_quiet_flag(p)
+
+
+def expand_images(inputs: list[str]) -> list[str]:
+    """Files as given; a folder stands for its image files (sorted, not recursive)."""
+    from clipkit.data.datasets import IMAGE_EXTENSIONS
+
+    out = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += [str(p) for p in sorted(path.iterdir())
+                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        else:
+            out.append(item)
+    return out
 
 
 def writable_output(path: str | os.PathLike, *, suffixes: tuple[str, ...] = ()) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -22,7 +21,7 @@ stderr and skipped; the exit status is 1 only when no image could be classified.
 """
 
 
-from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, expand_images, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,21 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fast_flag(p)
     add_model_args(p)
     p.set_defaults(func=run)
-
-
-def expand_images(inputs: list[str]) -> list[str]:
-    """Files as given; a folder stands for its image files (sorted, not recursive)."""
-    from clipkit.data.datasets import IMAGE_EXTENSIONS
-
-    out = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            out += [str(p) for p in sorted(path.iterdir())
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        else:
-            out.append(item)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

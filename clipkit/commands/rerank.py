@@ -16,7 +16,7 @@ image could be scored, 2 for bad arguments or a model that cannot be loaded.
 """
 
 
-from clipkit.commands._args import add_fast_flag, add_model_args, model_spec, positive_int
+from clipkit.commands._args import add_fast_flag, add_model_args, expand_images, model_spec, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipkit.commands.classify import expand_images
     from clipkit.rerank import Reranker
 
     images = expand_images(args.images)
