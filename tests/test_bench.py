@@ -171,3 +171,12 @@ def test_fast_path_run_uses_bf16_image_features_and_an_fp32_head(tiny, mnist_roo
     acc = float((pred == torch.as_tensor(data.labels)).double().mean())
     assert result["metrics"]["acc1"] == pytest.approx(acc, abs=1e-12)
     assert all(p.dtype == torch.float32 for p in tiny.parameters())  # the caller's model is untouched
+
+
+def test_names_the_one_feature_cache_replaced_say_where_they_went():
+    from clipkit.evaluation import bench
+
+    with pytest.raises(AttributeError, match=r"extract_features is gone: use clipkit.encode.extract_features"):
+        bench.extract_features  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        bench.nonsense  # noqa: B018

@@ -244,3 +244,16 @@ def _stratified_split(labels: torch.Tensor, train_fraction: float, seed: int):
         train += idx[:k].tolist()
         test += idx[k:].tolist()
     return torch.tensor(sorted(train)), torch.tensor(sorted(test))
+
+
+_MOVED = {  # names this module had before the one feature cache (clipkit.encode) replaced them
+    "extract_features": "clipkit.encode.extract_features (returns EncodedImages)",
+    "Features": "clipkit.encode.EncodedImages",
+    "read_chunk": "clipkit.encode.read_chunk", "write_chunk": "clipkit.encode.write_chunk",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(f"clipkit.evaluation.bench.{name} is gone: use {_MOVED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
