@@ -108,6 +108,7 @@ class TrainConfig:
     digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution
     mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)
     hard_negatives: bool = False  # NegCLIP: swapped relation/attribute/count scenes join the batch
+    init: str | None = None  # start from these weights (fine-tuning; their config replaces `config`)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -308,11 +309,19 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
 
             raise CheckpointError(f"{path} is not a clipkit training checkpoint (missing {', '.join(missing)})")
         model_config = CLIPConfig.from_dict(state["model_config"])
+    elif cfg.init is not None:
+        from clipkit.checkpoints import load
+
+        initial, _ = load(cfg.init)  # any file or name clipkit.load reads
+        model_config = initial.config
     else:
         model_config = resolve_model_config(cfg.config)
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts)
     clip = create_model(model_config).to(info.device)
+    if state is None and cfg.init is not None:
+        clip.load_state_dict({k: v.float() for k, v in initial.state_dict().items()})
+        del initial
     clip.train()
     model = ContrastiveModel(clip)
     if is_distributed():

@@ -369,3 +369,29 @@ def test_evaluate_through_encode_images_equals_the_inline_loop(tiny):
         pred = torch.einsum("nd,nkd->nk", image, text).argmax(-1)
         expected["relation"] = float((pred == torch.tensor(relations.labels)).double().mean())
     assert got == expected
+
+
+def test_init_starts_from_the_given_weights(tmp_path):
+    """--init: the first step's loss is the loss of those weights (not of a fresh model),
+    and a run that trains with a zero-length warm-up at lr ~0 keeps them."""
+    from clipkit.checkpoints import save
+    from clipkit.commands.train import build_parser, config_from_args
+    from clipkit.models import create_model
+
+    torch.manual_seed(123)
+    start = create_model("tiny-vit")
+    with torch.no_grad():
+        start.logit_scale.fill_(2.0)  # recognisable in the first log record
+    path = tmp_path / "start.safetensors"
+    save(start, path)
+    train(_cfg(tmp_path, "fresh", steps=1))
+    train(_cfg(tmp_path, "init", steps=1, init=str(path), lr=1e-12))
+    fresh, init = _read_log(tmp_path / "fresh" / "log.jsonl"), _read_log(tmp_path / "init" / "log.jsonl")
+    # the log records the scale itself, exp(logit_scale)
+    assert fresh[0]["logit_scale"] != pytest.approx(math.exp(2.0), abs=1e-3)
+    assert init[0]["logit_scale"] == pytest.approx(math.exp(2.0), abs=1e-5)
+    got = load_checkpoint(tmp_path / "init" / "checkpoint.pt")["model"]
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
+    args = build_parser().parse_args(["--init", str(path), "--out", str(tmp_path / "x")])
+    assert config_from_args(args).init == str(path)

@@ -15,6 +15,7 @@ EPILOG = """\
 examples:
   clipkit train --config clipkit-synth --steps 3000 --batch-size 128 --out runs/synth
   clipkit train --out runs/synth --resume                    # continue where it stopped
+  clipkit train --init clipkit-synth --digit-style robust --steps 1500 --lr 3e-4 --out runs/ft   # fine-tune
   torchrun --nproc_per_node=2 -m clipkit train --config clipkit-synth --steps 100 --out runs/t
   clipkit train --digit-style robust --hard-negatives --mix shape=0.2,count=0.15,relation=0.25,digit=0.4 ...
 
@@ -33,7 +34,7 @@ _FIELDS = {
     "precision": "precision", "workers": "workers", "seed": "seed", "data_seed": "data_seed",
     "log_every": "log_every", "eval_every": "eval_every", "eval_size": "eval_size",
     "save_every": "save_every", "stop_at": "stop_at",
-    "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives",
+    "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives", "init": "init",
 }
 DIGIT_STYLES = ("classic", "robust")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
 
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="NegCLIP hard negatives: each relation and count scene brings the same scene with the "
                         "places, colours or count changed, image and caption, into the batch (default off)")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="fine-tune: start from these weights (a file or name clipkit.load reads; their "
+                        "architecture replaces --config); the optimiser and the schedule start afresh")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or CHECKPOINT) with its saved settings; "
                         "flags given now override them")
