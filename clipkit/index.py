@@ -360,13 +360,9 @@ class Index:
 
         clip, preprocess = resolve_model(model, device=device)
         clip.eval()
-        from clipkit.models.fast import FAST_MODES, fast_model
+        from clipkit.models.fast import fast_mode, fast_model
 
-        if fast is True:
-            fast = "bf16"
-        if fast not in (None, False) and fast not in FAST_MODES:
-            raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
-        fast = fast or None
+        fast = fast_mode(fast)  # one spelling, checked before any work
         fp = weights_fingerprint(clip)
         old = _previous(out, root, fp, rebuild, fast)
         # shards are keyed by what made their embeddings: the weights and the image path

@@ -82,13 +82,24 @@ def fast_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16, *,
 FAST_MODES = ("bf16", "int8")
 
 
+def fast_mode(mode: str | bool | None) -> str | None:
+    """A `--fast` value in its one spelling: None/False -> None, True -> "bf16", a mode of
+    `FAST_MODES` as it is; anything else is a ValueError."""
+    if mode is None or mode is False:
+        return None
+    if mode is True:
+        return "bf16"
+    if mode in FAST_MODES:
+        return mode
+    raise ValueError(f"fast must be one of {FAST_MODES}, got {mode!r}")
+
+
 def fast_model(model: nn.Module, mode: str | bool | None) -> nn.Module:
     """What `--fast MODE` means on the commands: None/False -> `model` itself; "bf16" (or
     True) -> the torch copy with bfloat16 weights; "int8" -> ONNX Runtime with int8 weights."""
-    if mode is None or mode is False:
+    mode = fast_mode(mode)
+    if mode is None:
         return model
-    if mode is True or mode == "bf16":
+    if mode == "bf16":
         return fast_inference(model)
-    if mode == "int8":
-        return fast_inference(model, backend="onnxruntime", quantize="int8")
-    raise ValueError(f"fast must be one of {FAST_MODES}, got {mode!r}")
+    return fast_inference(model, backend="onnxruntime", quantize="int8")
