@@ -16,3 +16,7 @@ class CacheError(ClipkitError, OSError):
 
 class OutputPathError(ClipkitError, OSError):
     """An output file that cannot be written (missing folder, no permission, no format)."""
+
+
+class OptionError(ClipkitError, ValueError):
+    """Options that do not go together (e.g. a setting of one quantizer given to another)."""

@@ -17,6 +17,17 @@ distribution, with the temperature annealed 1 -> 1/16 by a cosine schedule and a
 to the uniform prior whose weight β ramps up; the transformer sees the argmax codes, no
 noise (`encode`).
 
+Quantizer (`DVAEConfig.quantizer`): "gumbel" is the paper's relaxation above. "vq" is the
+VQ-VAE quantizer (van den Oord et al. 2017) with the codebook learnt as an exponential
+moving average of the encoder vectors assigned to each code (their appendix A.1) and dead
+codes restarted on random encoder vectors of the batch (Dhariwal et al. 2020, Jukebox):
+the encoder emits a `code_dim` vector per cell, its nearest codebook entry is the code,
+the decoder sees that entry (straight-through gradients) and a commitment term keeps the
+encoder near its codes. On the project's CPU budget it trains much faster than the
+relaxation (the trial table is in `clipkit/weights/GENERATOR_CARD.md`): the decoder sees
+exactly the codes the transformer will produce from the first step, so there is no
+temperature to anneal. Both give the same interface: `encode` -> ids, `decode(ids)`.
+
 Pixels: the model works on x in [0, 1], mapped into [ε, 1 − ε] with ε = 0.1 before the
 encoder (`map_pixels`), because the logit-Laplace likelihood is defined on (0, 1) and
 needs pixels away from its ends; reconstructions are `unmap_pixels(sigmoid(μ))`.
@@ -34,6 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 LOGIT_LAPLACE_EPS = 0.1  # the paper's ε: pixels live in [ε, 1 − ε]
+QUANTIZERS = ("gumbel", "vq")
+VQ_EMA_DECAY = 0.99  # the codebook's moving-average decay (van den Oord et al. 2017, appendix A.1)
+VQ_DEAD_COUNT = 0.03  # a code whose moving assignment count falls below this is restarted
 
 
 def map_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
@@ -74,10 +88,18 @@ class DVAEConfig:
     # "logit_laplace" (the paper's likelihood on pixels mapped into [ε, 1 − ε]) or "mse"
     # (squared error of the reconstruction, a common simpler choice). See `recon_loss`.
     recon_loss: str = "logit_laplace"
+    # "gumbel" (the paper's relaxation) or "vq" (nearest codebook vector, EMA codebook,
+    # dead-code restarts; see the module docstring). code_dim: the codebook vectors' size (vq).
+    quantizer: str = "gumbel"
+    code_dim: int = 32
 
     def __post_init__(self):
         if self.recon_loss not in ("logit_laplace", "mse"):
             raise ValueError(f"recon_loss must be 'logit_laplace' or 'mse', got {self.recon_loss!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.code_dim < 1:
+            raise ValueError(f"code_dim must be positive, got {self.code_dim}")
         if self.image_size % self.downsample:
             raise ValueError(f"image_size {self.image_size} is not divisible by the downsampling "
                              f"factor {self.downsample} of {len(self.mults)} groups")
@@ -85,6 +107,11 @@ class DVAEConfig:
             if (self.hidden * m) % 4:
                 raise ValueError(f"group width hidden × mult = {self.hidden * m} must be divisible by 4 "
                                  "(residual blocks run at a quarter of the width)")
+
+    @property
+    def bottleneck(self) -> int:
+        """Channels between encoder and decoder: code logits (gumbel) or code vectors (vq)."""
+        return self.vocab_size if self.quantizer == "gumbel" else self.code_dim
 
     @property
     def downsample(self) -> int:
@@ -178,30 +205,33 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [cfg.hidden * m for m in cfg.mults]
         self.blocks = _tower(cfg, _conv(cfg.channels, widths[0], cfg.stem_kernel), widths[0], widths,
-                             (3, 3, 3, 1), ("pool", lambda: nn.MaxPool2d(kernel_size=2)), cfg.vocab_size)
+                             (3, 3, 3, 1), ("pool", lambda: nn.MaxPool2d(kernel_size=2)), cfg.bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
 
 
 class Decoder(nn.Module):
-    """(Relaxed) one-hot codes (B, K, h, w) -> (B, 2C, H, W): μ then ln b per channel."""
+    """(Relaxed) one-hot codes (B, K, h, w), or code vectors (B, code_dim, h, w) for the vq
+    quantizer -> (B, 2C, H, W): μ then ln b per channel."""
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
         widths = [cfg.hidden * m for m in reversed(cfg.mults)]
-        self.blocks = _tower(cfg, _conv(cfg.vocab_size, cfg.n_init, 1), cfg.n_init, widths,
+        self.blocks = _tower(cfg, _conv(cfg.bottleneck, cfg.n_init, 1), cfg.n_init, widths,
                              (1, 3, 3, 3), ("upsample", _Upsample), 2 * cfg.channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.blocks(z)
 
-    def forward_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Same as forward(one_hot(ids)), without building the (B, K, h, w) one-hot: the
-        first 1×1 conv of a one-hot vector is a column lookup."""
+    def forward_ids(self, ids: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as forward(one_hot(ids)) (or forward(codebook[ids]) with a vq codebook (K, D)),
+        without building the (B, K, h, w) one-hot: the first 1×1 conv of a one-hot vector
+        is a column lookup, of a codebook vector a lookup of the codebook times the conv."""
         conv = self.blocks.input
-        w = conv.weight[:, :, 0, 0]  # (n_init, K)
-        x = F.embedding(ids, w.T) + conv.bias  # (B, h, w, n_init)
+        w = conv.weight[:, :, 0, 0]  # (n_init, K or D)
+        table = w.T if codebook is None else codebook @ w.T  # (K, n_init)
+        x = F.embedding(ids, table) + conv.bias  # (B, h, w, n_init)
         x = x.permute(0, 3, 1, 2)  # (B, n_init, h, w)
         for name, module in self.blocks.named_children():
             if name != "input":
@@ -226,6 +256,14 @@ class DVAE(nn.Module):
         self.config = config or DVAEConfig()
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
+        if self.config.quantizer == "vq":
+            K, D = self.config.vocab_size, self.config.code_dim
+            # The codebook and its moving averages (counts and vector sums per code) are
+            # buffers: learnt by `_update_codebook`, not by the optimiser; saved and resumed.
+            self.register_buffer("codebook", torch.zeros(K, D))
+            self.register_buffer("ema_count", torch.zeros(K))
+            self.register_buffer("ema_sum", torch.zeros(K, D))
+            self.register_buffer("codebook_ready", torch.zeros((), dtype=torch.bool))
 
     @property
     def grid_size(self) -> int:
@@ -234,9 +272,22 @@ class DVAE(nn.Module):
     # -- inference ------------------------------------------------------------
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] -> code logits (B, K, h, w)."""
+        """Images (B, C, H, W) in [0, 1] -> code logits (B, K, h, w); for the vq quantizer
+        the negative squared distance of each cell's encoder vector to every code."""
         _check_images(images, self.config)
-        return self.encoder(map_pixels(images.float()))
+        z = self.encoder(map_pixels(images.float()))
+        return z if self.config.quantizer == "gumbel" else self._neg_distances(z)
+
+    def _neg_distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder vectors (B, D, h, w) -> −‖z − c_k‖² (B, K, h, w) (gradient flows to z),
+        in float32 whatever autocast is on (the nearest code must not depend on rounding)."""
+        with torch.autocast(z.device.type, enabled=False):
+            # a copy: a training pass updates the codebook in place after this, and the
+            # backward pass of these distances needs the codebook as it was
+            z, cb = z.float(), self.codebook.detach().float().clone()
+            zz = z.pow(2).sum(1, keepdim=True)  # (B, 1, h, w)
+            cross = torch.einsum("bdhw,kd->bkhw", z, cb)
+            return -(zz - 2 * cross + cb.pow(2).sum(1)[None, :, None, None])
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -253,7 +304,7 @@ class DVAE(nn.Module):
         if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
             raise ValueError(f"code ids must lie in [0, {self.config.vocab_size}), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        return self.decoder.forward_ids(ids)
+        return self.decoder.forward_ids(ids, self.codebook if self.config.quantizer == "vq" else None)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -274,7 +325,14 @@ class DVAE(nn.Module):
         The decoder sees softmax((logits + Gumbel noise) / temperature) over the codebook.
         `generator` seeds the noise (so a resumed run draws the same noise); `hard=True`
         feeds the argmax one-hot instead (evaluation).
+
+        vq quantizer: the decoder sees the nearest code vector with straight-through
+        gradients (temperature and hard do not apply); in training mode with gradients on,
+        the pass also updates the codebook (`_update_codebook`, like BatchNorm's running
+        statistics), drawing dead-code restarts from `generator`.
         """
+        if self.config.quantizer == "vq":
+            return self._forward_vq(images, generator)
         logits = self.logits(images)
         if hard:
             z = F.one_hot(logits.argmax(1), self.config.vocab_size).permute(0, 3, 1, 2).to(logits.dtype)
@@ -282,9 +340,59 @@ class DVAE(nn.Module):
             z = gumbel_softmax(logits, temperature, dim=1, generator=generator)
         return self.decoder(z), logits
 
+    def _forward_vq(self, images: torch.Tensor, generator: torch.Generator | None):
+        _check_images(images, self.config)
+        z = self.encoder(map_pixels(images.float())).float()  # (B, D, h, w)
+        if self.training and torch.is_grad_enabled() and not bool(self.codebook_ready):
+            self._init_codebook(z.detach(), generator)
+        logits = self._neg_distances(z)
+        ids = logits.detach().argmax(1)  # (B, h, w)
+        q = F.embedding(ids, self.codebook.float()).permute(0, 3, 1, 2)  # (B, D, h, w)
+        stats = self.decoder(z + (q - z).detach())  # straight-through
+        if self.training and torch.is_grad_enabled():
+            self._update_codebook(z.detach(), ids, generator)
+        return stats, logits
+
+    def _flat(self, z: torch.Tensor) -> torch.Tensor:
+        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (B·h·w, D)
+
+    @torch.no_grad()
+    def _init_codebook(self, z: torch.Tensor, generator: torch.Generator | None) -> None:
+        """The first batch's encoder vectors, drawn at random, start the codebook."""
+        flat = self._flat(z)
+        pick = flat[torch.randint(len(flat), (self.config.vocab_size,), generator=generator)]
+        self.codebook.copy_(pick)
+        self.ema_sum.copy_(pick)
+        self.ema_count.fill_(1.0)
+        self.codebook_ready.fill_(True)
+
+    @torch.no_grad()
+    def _update_codebook(self, z: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None,
+                         decay: float = VQ_EMA_DECAY, dead_below: float = VQ_DEAD_COUNT) -> None:
+        """EMA of assignment counts and vector sums; code = sum / count (Laplace-smoothed).
+        Codes whose moving count fell below `dead_below` restart on random vectors of this batch."""
+        K = self.config.vocab_size
+        flat = self._flat(z)
+        onehot = F.one_hot(ids.flatten(), K).to(flat.dtype)  # (N, K)
+        self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(onehot.T @ flat, alpha=1 - decay)
+        n = self.ema_count.sum()
+        count = (self.ema_count + 1e-5) / (n + K * 1e-5) * n
+        self.codebook.copy_(self.ema_sum / count[:, None])
+        dead = self.ema_count < dead_below
+        n_dead = int(dead.sum())
+        if n_dead:
+            pick = flat[torch.randint(len(flat), (n_dead,), generator=generator)]
+            self.codebook[dead] = pick
+            self.ema_sum[dead] = pick
+            self.ema_count[dead] = 1.0
+
     def loss(self, images: torch.Tensor, stats: torch.Tensor, logits: torch.Tensor,
-             kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+             kl_weight: float, commitment: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELB per sub-pixel: reconstruction + β · KL(q ‖ uniform) · (h·w)/(H·W·C).
+
+        vq quantizer: reconstruction + commitment · ‖z − sg(c)‖² per component instead
+        (the returned parts: recon, commit, mse, psnr).
 
         Both terms are normalised by the number of sub-pixels, as in the paper (there β is
         6.6 and the effective KL weight β/192 for 256×256×3 images and 32×32 codes; a
@@ -293,6 +401,14 @@ class DVAE(nn.Module):
         """
         x = images.float()
         recon = recon_loss(x, stats, self.config.recon_loss, self.config.channels)
+        if self.config.quantizer == "vq":
+            # commitment: mean squared distance of the encoder vectors to their codes, per
+            # vector component (−max logit is ‖z − c‖² of the nearest code); kl_weight unused
+            commit = -logits.max(1).values.mean() / self.config.code_dim
+            total = recon + commitment * commit
+            with torch.no_grad():
+                mse = F.mse_loss(stats_to_image(stats.detach(), self.config.channels), x).item()
+            return total, {"recon": recon.item(), "commit": commit.item(), "mse": mse, "psnr": psnr(mse)}
         log_q = F.log_softmax(logits, dim=1)  # (B, K, h, w)
         kl = (log_q.exp() * log_q).sum(1).mean() + math.log(self.config.vocab_size)  # nats per code
         B, C, H, W = x.shape

@@ -58,6 +58,11 @@ class DVAETrainConfig:
     anneal_fraction: float = 0.8  # reach temp_end after this fraction of the steps
     kl_weight: float = 6.6  # the paper's β, reached after kl_warmup_fraction of the steps
     kl_warmup_fraction: float = 0.1
+    # vq quantizer only (the temperature and KL settings above do not apply to it): the
+    # weight of the commitment term (mean squared distance per component of the encoder
+    # vectors to their codes; reconstruction is ~0.002 per sub-pixel late in training)
+    commitment: float = 0.025
+    precision: str = "fp32"  # fp32 | bf16 (autocast on the forward pass; weights stay fp32)
     seed: int = 0
 
 
@@ -71,6 +76,7 @@ class TransformerTrainConfig:
     grad_clip: float = 1.0
     p_uncond: float = 0.15  # caption dropped -> all padding (classifier-free guidance)
     text_weight: float = 1 / 8  # the paper's weights: 1/8 text, 7/8 image
+    precision: str = "fp32"  # fp32 | bf16 (autocast on the forward pass; weights stay fp32)
     seed: int = 0
 
 
@@ -106,6 +112,18 @@ def codebook_usage(logits: torch.Tensor) -> dict[str, float]:
     used = int((counts > 0).sum())
     return {"codes_used": used, "dead_codes": vocab - used,
             "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str):
+    """The forward pass's autocast context: bf16 on the CPU for "bf16", nothing for "fp32"."""
+    import contextlib
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -234,15 +252,18 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
     out = Path(out_dir) if out_dir is not None else None
     trainer = _trainer("dvae", model, tc, steps, out, resume, stop_at, checkpoint_every, log_every, log)
     size = model.config.image_size
+    vq = model.config.quantizer == "vq"
 
     def step(s: int, _) -> dict:
         idx = torch.randint(len(data), (tc.batch_size,), generator=step_generator(tc.seed, s, 0))
         images = image_batch(data, idx.tolist(), size)
         temp, beta = temperature_at(s, steps, tc), kl_weight_at(s, steps, tc)
-        stats, logits = model(images, temp, generator=step_generator(tc.seed, s, 1))
-        loss, parts = model.loss(images, stats, logits, beta)
+        with autocast(tc.precision):
+            stats, logits = model(images, temp, generator=step_generator(tc.seed, s, 1))
+        loss, parts = model.loss(images, stats.float(), logits.float(), beta, commitment=tc.commitment)
         trainer.update(loss)
-        return {"loss": loss.detach(), **parts, "temperature": temp, "kl_weight": beta, **codebook_usage(logits)}
+        schedule = {"temperature": temp, "kl_weight": beta} if not vq else {}
+        return {"loss": loss.detach(), **parts, **schedule, **codebook_usage(logits)}
 
     def record(s: int, metrics: dict, lr: float, seconds: float) -> dict:
         rec = {"step": s, **metrics, "loss": metrics["loss"].item(), "lr": lr, "s_per_step": seconds}
@@ -323,7 +344,8 @@ def train_transformer(model: DALLETransformer | TransformerConfig, corpus: dict[
         text, codes = text_all[idx], codes_all[idx]
         drop = torch.rand(tc.batch_size, generator=step_generator(tc.seed, s, 2)) < tc.p_uncond
         text = torch.where(drop[:, None], null_text(tc.batch_size, L), text)
-        loss, parts = model.loss(text, codes, tc.text_weight)
+        with autocast(tc.precision):
+            loss, parts = model.loss(text, codes, tc.text_weight)
         trainer.update(loss)
         return {"loss": loss.detach(), **parts}
 
@@ -398,7 +420,7 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
               lr: float | None = None, seed: int = 0, checkpoint_every: int = 250, log_every: int = 25,
               corpus: int = 60000, dvae: str | None = None, recon_loss: str | None = None,
               kl_weight: float | None = None, threads: int | None = None,
-              mix: dict[str, float] | None = None) -> None:
+              mix: dict[str, float] | None = None, precision: str = "fp32") -> None:
     """One stage of the generator's training on the synthetic world (what
     `clipkit train-generator` runs): stage "dvae", then stage "transformer", which writes
     `<out>/generator.safetensors` at every checkpoint."""
@@ -409,7 +431,7 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
     args = SimpleNamespace(stage=stage, config=config, steps=steps, out=out, resume=resume, stop_at=stop_at,
                            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                            log_every=log_every, corpus=corpus, dvae=dvae, recon_loss=recon_loss,
-                           kl_weight=kl_weight, threads=threads, mix=mix)
+                           kl_weight=kl_weight, threads=threads, mix=mix, precision=precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the initial weights
@@ -417,6 +439,7 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
     out.mkdir(parents=True, exist_ok=True)
     dvae_cfg, tr_cfg = GENERATOR_CONFIGS[args.config]
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    overrides["precision"] = args.precision
     if args.stage == "dvae" and args.kl_weight is not None:
         overrides["kl_weight"] = args.kl_weight
 
@@ -426,6 +449,11 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
             f.write(msg + "\n")
 
     if args.stage == "dvae":
+        if args.kl_weight is not None and dvae_cfg.quantizer != "gumbel":
+            from clipkit.errors import OptionError
+
+            raise OptionError(f"--kl-weight applies to the gumbel quantizer; config {args.config!r} uses "
+                             f"{dvae_cfg.quantizer!r}")
         if args.recon_loss:
             dvae_cfg = dataclasses.replace(dvae_cfg, recon_loss=args.recon_loss)
         tc = DVAETrainConfig(seed=args.seed, **overrides)
