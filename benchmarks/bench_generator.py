@@ -179,6 +179,7 @@ def main(argv=None) -> int:
     weights = Path(args.weights) if args.weights else default_weights_path()
     gen = Generator.load(weights)
     tc = gen.transformer.config
+    load_start = load_average()
     gen.generate("warm-up", n=2, seed=0)
 
     speed = sampling_speed(gen, args.batch, args.repeats)
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     completion_captions = completion_grid(gen, 5, completion_path)
     agree = clip_agreement(results, CAPTIONS, args.clip) if args.clip else None
 
-    cmd = "OMP_NUM_THREADS=1 python benchmarks/bench_generator.py" + "".join(
+    cmd = f"OMP_NUM_THREADS={args.threads} python benchmarks/bench_generator.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     n_params = sum(p.numel() for p in gen.transformer.parameters())
     lines = [
@@ -203,8 +204,8 @@ def main(argv=None) -> int:
         f"{gen.dvae.config.grid_size}² codes of {gen.dvae.config.vocab_size}). How the shipped file was "
         "trained (commands, steps, wall time): `clipkit/weights/GENERATOR_CARD.md`.",
         f"One process, torch threads {args.threads}, CPU {cpu_name()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}; load average at the end {load_average()} (the machine was shared with "
-        "a CLIP training job, so all speeds are lower bounds). Best of "
+        f"torch {torch.__version__}; load average at the start {load_start}, at the end {load_average()} "
+        "(above the thread count means the machine was busy and the speeds are lower bounds). Best of "
         f"{args.repeats} runs (recomputation: best of {max(1, args.repeats // 2)}).",
         "",
         f"## Image-token sampling, {args.batch} images × {tc.image_len} tokens (full length)",

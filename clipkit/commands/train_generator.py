@@ -8,9 +8,11 @@ import argparse
 from clipkit.commands._args import float_in, positive_int
 
 EPILOG = """\
-examples:
-  clipkit train-generator --stage dvae --config synth-32 --steps 3000 --lr 3e-3 --kl-weight 0.02 --out runs/gen
-  clipkit train-generator --stage transformer --config synth-32 --steps 4000 --lr 2e-3 --corpus 30000 --out runs/gen
+examples (the shipped generator's recipe, clipkit/weights/GENERATOR_CARD.md):
+  clipkit train-generator --stage dvae --config synth-vq --steps 6500 --lr 2e-3 --threads 2 --out runs/gen
+  clipkit train-generator --stage transformer --config synth-vq --steps 6000 --lr 1e-3 --precision bf16 \
+      --mix shape=0.5,count=0.15,relation=0.15,digit=0.2 --threads 2 --out runs/gen
+  clipkit train-generator --stage dvae --config synth-32 --steps 3000 --lr 3e-3 --kl-weight 0.02 --out runs/g32
   clipkit train-generator --stage transformer ... --resume        # continue from <out>/<stage>-last.pt
 """
 

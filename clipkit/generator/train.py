@@ -1,17 +1,19 @@
 """Training the generator in two stages, with checkpoints and exact resume.
 
-Stage 1 trains the dVAE on images (Gumbel-softmax relaxation, temperature 1 -> 1/16 on a
-cosine schedule, KL weight ramped 0 -> β). Stage 2 encodes a corpus of (caption, image)
+Stage 1 trains the dVAE on images: with the Gumbel quantizer, the paper's relaxation
+(temperature 1 -> 1/16 on a cosine schedule, KL weight ramped 0 -> β); with the vq
+quantizer, nearest codes with a commitment term while the pass itself updates the EMA
+codebook (see `dvae.py`). Stage 2 encodes a corpus of (caption, image)
 pairs to (text ids, argmax codes) once and trains the transformer on it (loss 1/8 text +
 7/8 image; the caption is replaced by all-padding with probability p_uncond so the same
 model also learns the unconditional distribution classifier-free guidance needs).
 
-Every random choice at step s (the batch, the Gumbel noise, the dropped captions) comes
+Every random choice at step s (the batch, the Gumbel noise or vq restarts, the dropped captions) comes
 from generators seeded by (seed, s), and the learning-rate and annealing schedules are
 functions of s, so `k` steps in one go and `k/2` + resume + `k/2` give the same weights.
 
-    clipkit train-generator --stage dvae --config synth-mini --steps 1500 --lr 3e-3 --kl-weight 0.2 --out runs/gen
-    clipkit train-generator --stage transformer --config synth-mini --steps 6000 --lr 2e-3 --out runs/gen
+    clipkit train-generator --stage dvae --config synth-vq --steps 6500 --lr 2e-3 --threads 2 --out runs/gen
+    clipkit train-generator --stage transformer --config synth-vq --steps 6000 --lr 1e-3 --precision bf16 --out runs/gen
     clipkit train-generator ... --resume          # continue from runs/gen/<stage>-last.pt
 
 Both stages run on the shared training skeleton (`clipkit.training.loop.Trainer`): the one
