@@ -205,7 +205,8 @@ def measure(args) -> dict:
     n = args.n
     n_values = [N for N in N_VALUES if N <= n] or [n]
 
-    gen_kw = {k: v for k, v in (("guidance", args.guidance), ("temperature", args.temperature)) if v is not None}
+    gen_kw = {k: v for k, v in (("guidance", args.guidance), ("temperature", args.temperature),
+                                ("filter_top_k", args.filter_top_k), ("top_p", args.top_p)) if v is not None}
     rows, t_gen, t_clip, t_judge = [], 0.0, 0.0, 0.0
     for i, cap in enumerate(captions):
         t0 = time.perf_counter()
@@ -389,6 +390,8 @@ def main(argv=None) -> int:
     p.add_argument("--judge-weights", default=None, help="judge file [benchmarks/weights/judge.safetensors]")
     p.add_argument("--guidance", type=float, default=None, help="[the generator's default]")
     p.add_argument("--temperature", type=float, default=None, help="[1.0]")
+    p.add_argument("--filter-top-k", type=int, default=None, help="sample among the k likeliest codes [all]")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass [1.0: off]")
     p.add_argument("--batch-size", type=int, default=64, help="generator batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-dvae-check", action="store_true", help="skip the judge's dVAE round-trip check")
