@@ -3,6 +3,7 @@ with the `DALL-E` package (fixture from tests/make_dalle_fixture.py); the restri
 reader of pickled modules and its trust flag."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -144,15 +145,18 @@ def test_codebook_usage_counts_argmax_codes_and_their_perplexity():
     assert codebook_usage(uniform) == {"codes_used": 8, "dead_codes": 0, "code_perplexity": pytest.approx(8.0)}
 
 
-def test_resume_equals_straight_run(tmp_path):
+@pytest.mark.parametrize("quantizer", ["gumbel", "vq"])
+def test_resume_equals_straight_run(tmp_path, quantizer):
+    """Both quantizers; for vq this covers the codebook buffers and the restarts' draws."""
+    cfg = TINY if quantizer == "gumbel" else dataclasses.replace(TINY, quantizer="vq", code_dim=4, recon_loss="mse")
     data = _blobs(16)
     tc = DVAETrainConfig(batch_size=4, warmup=2)
     torch.manual_seed(1)
-    straight, _ = train_dvae(DVAE(TINY), data, 6, train=tc, log=lambda _: None)
+    straight, _ = train_dvae(DVAE(cfg), data, 6, train=tc, log=lambda _: None)
     torch.manual_seed(1)
-    train_dvae(DVAE(TINY), data, 6, train=tc, out_dir=tmp_path, stop_at=3, log=lambda _: None)
+    train_dvae(DVAE(cfg), data, 6, train=tc, out_dir=tmp_path, stop_at=3, log=lambda _: None)
     torch.manual_seed(99)  # the resumed run must not depend on the fresh model's init
-    resumed, _ = train_dvae(DVAE(TINY), data, 6, train=tc, out_dir=tmp_path, resume=True, log=lambda _: None)
+    resumed, _ = train_dvae(DVAE(cfg), data, 6, train=tc, out_dir=tmp_path, resume=True, log=lambda _: None)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
