@@ -49,6 +49,9 @@ def main(argv=None) -> int:
                    help="classes (x 80 templates) of each piece timed on the 77-token path [2]")
     p.add_argument("--no-single", action="store_true", help="skip the one-call build of the whole head")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "head.md"))
+    p.add_argument("--append", action="store_true",
+                   help="add this run to --out as a section at the end (headings one level down) instead of "
+                        "replacing the file")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -198,8 +201,13 @@ def main(argv=None) -> int:
         f"Command: `{cmd}`",
         "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.exists():  # earlier runs stay; this one becomes a section at the end
+        body = "\n".join("#" + ln if ln.startswith("#") else ln for ln in lines)
+        out.write_text(out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + body, encoding="utf-8")
+    else:
+        out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
