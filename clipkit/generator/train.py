@@ -39,8 +39,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from clipkit.generator.dvae import DVAE, DVAEConfig, psnr
+from clipkit.generator.dvae import VQ_COMMITMENT, DVAE, DVAEConfig, psnr
 from clipkit.generator.transformer import DALLETransformer, TransformerConfig, null_text, text_from_clip_ids
+from clipkit.training.loop import autocast_context
 
 # ---------------------------------------------------------------------------
 # Configs
@@ -61,9 +62,8 @@ class DVAETrainConfig:
     kl_weight: float = 6.6  # the paper's β, reached after kl_warmup_fraction of the steps
     kl_warmup_fraction: float = 0.1
     # vq quantizer only (the temperature and KL settings above do not apply to it): the
-    # weight of the commitment term (mean squared distance per component of the encoder
-    # vectors to their codes; reconstruction is ~0.002 per sub-pixel late in training)
-    commitment: float = 0.025
+    # weight of the commitment term (see `dvae.VQ_COMMITMENT`)
+    commitment: float = VQ_COMMITMENT
     precision: str = "fp32"  # fp32 | bf16 (autocast on the forward pass; weights stay fp32)
     seed: int = 0
 
@@ -114,18 +114,6 @@ def codebook_usage(logits: torch.Tensor) -> dict[str, float]:
     used = int((counts > 0).sum())
     return {"codes_used": used, "dead_codes": vocab - used,
             "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(precision: str):
-    """The forward pass's autocast context: bf16 on the CPU for "bf16", nothing for "fp32"."""
-    import contextlib
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -260,7 +248,7 @@ def train_dvae(model: DVAE | DVAEConfig, data, steps: int, *, train: DVAETrainCo
         idx = torch.randint(len(data), (tc.batch_size,), generator=step_generator(tc.seed, s, 0))
         images = image_batch(data, idx.tolist(), size)
         temp, beta = temperature_at(s, steps, tc), kl_weight_at(s, steps, tc)
-        with autocast(tc.precision):
+        with autocast_context(tc.precision, images.device):
             stats, logits = model(images, temp, generator=step_generator(tc.seed, s, 1))
         loss, parts = model.loss(images, stats.float(), logits.float(), beta, commitment=tc.commitment)
         trainer.update(loss)
@@ -346,7 +334,7 @@ def train_transformer(model: DALLETransformer | TransformerConfig, corpus: dict[
         text, codes = text_all[idx], codes_all[idx]
         drop = torch.rand(tc.batch_size, generator=step_generator(tc.seed, s, 2)) < tc.p_uncond
         text = torch.where(drop[:, None], null_text(tc.batch_size, L), text)
-        with autocast(tc.precision):
+        with autocast_context(tc.precision, codes.device):
             loss, parts = model.loss(text, codes, tc.text_weight)
         trainer.update(loss)
         return {"loss": loss.detach(), **parts}

@@ -3,7 +3,6 @@ gathered across ranks with gradients, the symmetric cross-entropy (also over une
 for hard negatives), the temperature clamp and one optimiser step."""
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -13,12 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.distributed import is_distributed
-from clipkit.training.loop import optimizer_step
+from clipkit.training.loop import PRECISIONS, autocast_context, optimizer_step  # noqa: F401 (re-exported)
 
 
 # The CLIP paper's cap on the logit scale: exp(t) <= 100.
 MAX_LOGIT_SCALE = math.log(100.0)
-PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------
@@ -146,14 +144,6 @@ def _clip_loss_uneven(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.T
         correct_i2t = (logits_per_image.argmax(-1) == labels).sum()
         correct_t2i = (logits_per_text.argmax(-1) == labels).sum()
     return LossOutput(loss, correct_i2t, correct_t2i, n)
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def forward_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor,

@@ -21,6 +21,7 @@ A trainer keeps only what is its own: building the model, drawing a batch, the l
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +30,19 @@ import torch
 from torch import nn
 
 from clipkit.training.state import restore, save_checkpoint
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The forward pass's autocast for a trainer's `precision`: bfloat16 autocast on
+    `device` for "bf16" (the master weights stay float32), nothing for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler=None, *,
