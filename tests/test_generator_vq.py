@@ -202,3 +202,4 @@ def test_train_generator_command_takes_precision_and_refuses_kl_weight_for_vq(tm
                  "--out", str(tmp_path / "vq"), "--kl-weight", "0.1"])
     assert code == 2
     assert "--kl-weight applies to the gumbel quantizer" in capsys.readouterr().err
+    assert not (tmp_path / "vq").exists()  # refused before the run folder is made

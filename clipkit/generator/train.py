@@ -422,12 +422,17 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
                            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
                            log_every=log_every, corpus=corpus, dvae=dvae, recon_loss=recon_loss,
                            kl_weight=kl_weight, threads=threads, mix=mix, precision=precision)
+    dvae_cfg, tr_cfg = GENERATOR_CONFIGS[args.config]
+    if args.stage == "dvae" and args.kl_weight is not None and dvae_cfg.quantizer != "gumbel":
+        from clipkit.errors import OptionError  # refused before anything is written
+
+        raise OptionError(f"--kl-weight applies to the gumbel quantizer; config {args.config!r} uses "
+                          f"{dvae_cfg.quantizer!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the initial weights
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dvae_cfg, tr_cfg = GENERATOR_CONFIGS[args.config]
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     overrides["precision"] = args.precision
     if args.stage == "dvae" and args.kl_weight is not None:
@@ -439,11 +444,6 @@ def run_stage(stage: str, *, config: str = "synth-mini", steps: int, out: str | 
             f.write(msg + "\n")
 
     if args.stage == "dvae":
-        if args.kl_weight is not None and dvae_cfg.quantizer != "gumbel":
-            from clipkit.errors import OptionError
-
-            raise OptionError(f"--kl-weight applies to the gumbel quantizer; config {args.config!r} uses "
-                             f"{dvae_cfg.quantizer!r}")
         if args.recon_loss:
             dvae_cfg = dataclasses.replace(dvae_cfg, recon_loss=args.recon_loss)
         tc = DVAETrainConfig(seed=args.seed, **overrides)
