@@ -95,6 +95,32 @@ def test_robust_world_mixes_robust_and_classic_digits():
         SynthWorld(digit_style="fancy")
 
 
+
+def test_robust_renders_are_unchanged_by_the_hard_style():
+    """Adding "robust-hard" did not move the robust style's draws (digest taken before it existed)."""
+    world = SynthWorld(seed=3, digit_style="robust", mix={"digit": 1.0}, fonts="bundled")
+    assert _digest(world, range(150)) == "9c1da38de64d5c654289cbd75d166d315b657a29dca8928c6602e7d440a0b478"
+
+
+def test_robust_hard_draws_stretched_and_small_digits_more_often():
+    def stats(style):
+        world = SynthWorld(seed=0, digit_style=style, fonts="bundled")
+        got = [world.render("digit", world.rng(i, 8), style=style).attrs for i in range(400)]
+        assert {a["style"] for a in got} == {style}
+        reduced = [a["resolution"] for a in got if a["resolution"] < world.image_size]
+        return (np.mean([a["stretched"] for a in got]), len(reduced) / len(got),
+                np.mean([r <= ds.SMALL_SIDE for r in reduced]))
+
+    stretched, low_res, small = stats("robust")
+    h_stretched, h_low_res, h_small = stats("robust-hard")
+    assert abs(stretched - ds.STRETCH_SHARE) < 0.05 and abs(h_stretched - ds.HARD_STRETCH_SHARE) < 0.07
+    assert abs(low_res - ds.LOW_RES_SHARE) < 0.07 and abs(h_low_res - ds.HARD_LOW_RES_SHARE) < 0.07
+    assert h_small > small + 0.15, (small, h_small)
+    # a world of the hard style mixes it with classic digits, as the robust one does
+    world = SynthWorld(seed=0, digit_style="robust-hard", mix={"digit": 1.0}, fonts="bundled")
+    styles = [world.sample(i).attrs["style"] for i in range(200)]
+    assert abs(styles.count("robust-hard") / 200 - ds.ROBUST_SHARE) < 0.1 and "robust" not in styles
+
 def test_robust_captions_name_the_digit(robust_all):
     robust = robust_all
     from tests.test_synth import digits_mentioned, mentioned

@@ -36,7 +36,7 @@ _FIELDS = {
     "save_every": "save_every", "stop_at": "stop_at",
     "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives", "init": "init",
 }
-DIGIT_STYLES = ("classic", "robust")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
+DIGIT_STYLES = ("classic", "robust", "robust-hard")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -71,7 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-at", type=positive_int, help="stop (and checkpoint) after this step; --resume later")
     p.add_argument("--digit-style", choices=DIGIT_STYLES,
                    help="how the world draws digits: classic (the shipped model's) or robust (any scale, place, "
-                        "polarity, stroke width, slant, background, blur, resolution, noise) (default classic)")
+                        "polarity, stroke width, slant, background, blur, resolution, noise), or robust-hard (robust "
+                        "with digits stretched over the frame and reduced to 8-12 pixels drawn more often) "
+                        "(default classic)")
     p.add_argument("--mix", type=parse_mix, metavar="KIND=W,...",
                    help="scene kinds' weights, e.g. shape=0.2,count=0.15,relation=0.25,digit=0.4 "
                         "(default: the world's, shape=0.25,count=0.15,relation=0.15,digit=0.45)")

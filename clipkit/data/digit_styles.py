@@ -18,9 +18,13 @@ classic renderer, so MNIST's own framing stays in the mix):
 - slant (shear), rotation and aspect; elastic warps (Simard et al. 2003) and stroke
   jitter (a fine displacement field of a pixel or so);
 - backgrounds: flat grey, tinted, a gradient, or a texture (smooth noise, stripes, checks);
-- blur; low resolution (the image reduced to r x r pixels, r from 8 to 28, and enlarged
-  again bicubic, bilinear or nearest); Gaussian noise (at the low-resolution grid when
-  the image was reduced, as a small camera would make it).
+- blur; low resolution (`LOW_RES_SHARE` of the images reduced to r x r pixels, r from 8
+  to 28, and enlarged again bicubic, bilinear or nearest); Gaussian noise (at the
+  low-resolution grid when the image was reduced, as a small camera would make it).
+
+`SynthWorld(digit_style="robust-hard")` is the same with the stretched and the reduced
+digits (small sides most) drawn more often (`HARD_STRETCH_SHARE`, `HARD_LOW_RES_SHARE`,
+`SMALL_SIDE_WEIGHT`): the two variations the robust fine-tune still read worst.
 
 Only renderings: no real digit image is ever read. Every draw comes from the sample's
 generator, so a (seed, split, index) gives the same image on every run. The attributes
@@ -42,6 +46,14 @@ ROBUST_SHARE = 0.65
 LOW_RESOLUTIONS = (8, 10, 12, 14, 16, 20, 24, 28)  # sides an image is reduced to
 STRETCH_SHARE = 0.12  # digits cropped to their ink and stretched over (most of) the frame
 MIN_LOW_RES_INK = 5.5  # MNIST's 20 of 28 pixels reduced to 8 x 8 leave 5.7
+LOW_RES_SHARE = 0.4  # digits reduced to one of LOW_RESOLUTIONS and enlarged again
+# The "robust-hard" style: the robust style with the two variations the shipped model read
+# worst after its robust fine-tune (digits cropped and stretched to fill the frame; digits
+# reduced to 8 x 8) drawn more often: a larger stretched share, a larger reduced share, and
+# among the reductions the sides up to SMALL_SIDE weighted SMALL_SIDE_WEIGHT to 1.
+HARD_STRETCH_SHARE = 0.3
+HARD_LOW_RES_SHARE = 0.6
+SMALL_SIDE, SMALL_SIDE_WEIGHT = 12, 3.0
 FILL_RANGE = (0.3, 1.0)  # larger side of the ink's box over the frame side
 PEN_RANGE = (0.05, 0.32)  # pen width over digit height, drawn log-uniformly
 THIN, THICK = 0.085, 0.17  # pen widths below / above which a stroke is called thin / thick
@@ -216,8 +228,14 @@ def _noise(rng, shape: tuple[int, int], sigma: float, colour: bool) -> np.ndarra
     return rng.normal(0, sigma, (*shape, channels)).astype(np.float32)
 
 
-def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
-    """A digit scene of the robust style, drawn with `rng` (see the module docstring)."""
+def robust_digit_scene(world, rng, digit: int | None = None, hard: bool = False) -> synth.Sample:
+    """A digit scene of the robust style, drawn with `rng` (see the module docstring).
+
+    hard: the "robust-hard" style: HARD_STRETCH_SHARE of the digits stretched over the
+    frame (instead of STRETCH_SHARE), HARD_LOW_RES_SHARE reduced (instead of LOW_RES_SHARE),
+    small sides (<= SMALL_SIDE) SMALL_SIDE_WEIGHT times as likely as the others. The robust
+    style's draws (hard=False) are unchanged.
+    """
     n = world.image_size
     digit = int(rng.integers(10)) if digit is None else int(digit)
     width = math.exp(rng.uniform(math.log(PEN_RANGE[0]), math.log(PEN_RANGE[1])))
@@ -243,7 +261,7 @@ def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
         box_centre = tuple(rng.uniform(side / 2, n - side / 2, 2)) if side < n else (n / 2, n / 2)
     alpha = place_glyph(glyph, n, fill, box_centre, rotation, shear, aspect, field)
     box = ink_box(alpha)
-    stretched = bool(rng.random() < STRETCH_SHARE) and box is not None
+    stretched = bool(rng.random() < (HARD_STRETCH_SHARE if hard else STRETCH_SHARE)) and box is not None
     if stretched:
         w, h = (n if rng.random() < 0.5 else int(round(n * rng.uniform(0.75, 1.0))) for _ in range(2))
         corner = (int(rng.integers(n - w + 1)), int(rng.integers(n - h + 1)))
@@ -274,9 +292,14 @@ def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
     # -- degradations: blur, then low resolution (with its noise at that grid) or noise
     blur = rng.uniform(0.4, 1.8) if rng.random() < 0.3 else 0.0
     resolution = n
-    if rng.random() < 0.4:  # the digit keeps at least MIN_LOW_RES_INK pixels of the reduced grid
+    if rng.random() < (HARD_LOW_RES_SHARE if hard else LOW_RES_SHARE):
+        # the digit keeps at least MIN_LOW_RES_INK pixels of the reduced grid
         sides = [r for r in LOW_RESOLUTIONS if r * measured_fill >= MIN_LOW_RES_INK] or [LOW_RESOLUTIONS[-1]]
-        resolution = int(sides[int(rng.integers(len(sides)))])
+        if hard:
+            w = np.array([SMALL_SIDE_WEIGHT if r <= SMALL_SIDE else 1.0 for r in sides])
+            resolution = int(sides[int(rng.choice(len(sides), p=w / w.sum()))])
+        else:
+            resolution = int(sides[int(rng.integers(len(sides)))])
     noise = rng.uniform(3, 32) if rng.random() < 0.5 else 0.0
     if resolution <= 12:  # a few pixels of digit: heavy noise would erase it
         noise *= 0.5
@@ -299,7 +322,8 @@ def robust_digit_scene(world, rng, digit: int | None = None) -> synth.Sample:
     bg_name = _tone_name(bg)
     caption_style = "colour" if ink_name in synth.COLOURS and ink_name != "white" else "robust"
     caption = synth._digit_caption(rng, digit, font == synth.HAND, ink_name, bg_name, caption_style)
-    attrs = {"kind": "digit", "digit": digit, "font": font, "style": "robust", "colour": ink_name,
+    attrs = {"kind": "digit", "digit": digit, "font": font, "style": "robust-hard" if hard else "robust",
+             "colour": ink_name,
              "background": bg_name, "variant": variant, "resolution": resolution,
              "polarity": polarity, "fill": round(measured_fill, 4), "box": box, "stretched": stretched,
              "box_centre": (float(box_centre[0]), float(box_centre[1])), "stroke": round(width, 4),

@@ -141,8 +141,9 @@ SPLITS = {"train": 0, "val": 1, "heldout": 2}
 MNIST_SIDE = 28  # MNIST's image side in pixels
 DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15, "digit": 0.45}
 # How digits are drawn: "classic" is the shipped model's world (renders are byte-identical
-# to it); "robust" draws most digits with real digits' variation (`digit_styles`).
-DIGIT_STYLES: tuple[str, ...] = ("classic", "robust")
+# to it); "robust" draws most digits with real digits' variation (`digit_styles`);
+# "robust-hard" is "robust" with its stretched and low-resolution digits drawn more often.
+DIGIT_STYLES: tuple[str, ...] = ("classic", "robust", "robust-hard")
 
 
 def check_mix(mix: dict[str, float]) -> dict[str, float]:

@@ -52,7 +52,8 @@ class SynthWorld:
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
     digit_style: "classic" (the shipped model's world) or "robust": `digit_styles.ROBUST_SHARE`
         of the digits drawn at any scale, place, polarity, stroke width, resolution, ...
-        (see `clipkit.data.digit_styles`), the rest as "classic" draws them.
+        (see `clipkit.data.digit_styles`), the rest as "classic" draws them; "robust-hard":
+        the same with stretched and low-resolution digits drawn more often.
     """
 
     def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train",
@@ -125,7 +126,7 @@ class SynthWorld:
 
     def render(self, kind: str, rng: np.random.Generator, **fixed) -> Sample:
         """A scene of `kind` drawn with `rng`; `fixed` pins attributes (pair=(colour, shape),
-        count=, relation=, digit=, style= ("mnist", "inverted", "colour", "robust")) for
+        count=, relation=, digit=, style= ("mnist", "inverted", "colour", "robust", "robust-hard")) for
         evaluation sets."""
         if kind == "shape":
             return self._shape_scene(rng, **fixed)
@@ -276,11 +277,12 @@ class SynthWorld:
 
     def _digit_scene(self, rng, digit=None, style=None) -> Sample:
         # A classic world draws nothing here, so its renders stay those of the shipped model.
-        if style == "robust" or (style is None and self.digit_style == "robust"
-                                 and rng.random() < _robust_share()):
+        if style in ("robust", "robust-hard") or (style is None and self.digit_style != "classic"
+                                                   and rng.random() < _robust_share()):
             from clipkit.data.digit_styles import robust_digit_scene
 
-            return robust_digit_scene(self, rng, digit)
+            hard = style == "robust-hard" or (style is None and self.digit_style == "robust-hard")
+            return robust_digit_scene(self, rng, digit, hard=hard)
         n = self.image_size
         digit = int(rng.integers(10)) if digit is None else int(digit)
         if style is None:
