@@ -105,7 +105,8 @@ class TrainConfig:
     stop_at: int | None = None  # stop after this step (and checkpoint); resume later with --resume
     progress: bool = True
     # The world and the objective. The defaults are the shipped model's run.
-    digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution
+    digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution;
+    # "robust-hard": the same with stretched and low-resolution digits drawn more often
     mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)
     hard_negatives: bool = False  # NegCLIP: swapped relation/attribute/count scenes join the batch
     init: str | None = None  # start from these weights (fine-tuning; their config replaces `config`)
@@ -217,7 +218,8 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
     colour x shape of single-object scenes among all 81 colour x shape names, and
     rendered digits 0-9, each with its template ensemble; spatial relations, each image
     against its four candidate captions (`relation`, so runs with and without hard
-    negatives compare); a robust-digit run also reads robust-style digits (`digits_robust`)."""
+    negatives compare); a robust-digit run also reads robust-style digits (`digits_robust`),
+    and a robust-hard one its own style too (`digits_robust_hard`)."""
     from clipkit.data import synth
     from clipkit.encode import encode_images
     from clipkit.zeroshot import build_head, encode_prompts
@@ -232,6 +234,9 @@ def evaluate(clip: nn.Module, preprocess, tokenizer, cfg: TrainConfig) -> dict[s
     if cfg.digit_style != "classic":
         sets["digits_robust"] = synth.digit_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size,
                                                      split="val", style="robust")
+    if cfg.digit_style == "robust-hard":
+        sets["digits_robust_hard"] = synth.digit_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size,
+                                                          split="val", style="robust-hard")
     relations = synth.relation_eval_set(n=cfg.eval_size, seed=cfg.data_seed, image_size=size, split="val")
     results = {}
     was_training = clip.training

@@ -140,14 +140,16 @@ def test_head_flops_counts_the_tree_and_the_last_layer_by_hand():
     """benchmarks/head_flops.py's count on a case worked by hand: width 1, MLP 1, one layer,
     context 2; prompts (5, 6) and (5, 7) share the node (5). A block costs qkv 6 + out 2 +
     MLP 4 = 12 FLOPs, attention 4 per key. 77-token path: 2 prompts x 2 positions x (12 + 8).
-    Tree (the one layer is the last): node (5) reads nothing out, so only its qkv (6);
-    (5, 6) and (5, 7) run the block with 2 keys (12 + 8 each)."""
+    Tree (the one layer is the last): node (5) reads nothing out, so only its keys and
+    values (4); (5, 6) and (5, 7) run the block with 2 keys (12 + 8 each). As implemented,
+    the radix tree's segment (5) runs the whole block at its last (only) position: + 12 + 4 - 4."""
     from benchmarks.head_flops import head_flops
 
     f = head_flops([[5, 6], [5, 7]], [2, 2], width=1, layers=1, mlp=1, context=2)
     assert (f["nodes"], f["distinct"], f["token_pairs"]) == (3, 2, 3)
     assert f["ref"] == 2 * 2 * (12 + 8)
-    assert f["tree"] == 6 + 2 * (12 + 8)
+    assert f["tree"] == 4 + 2 * (12 + 8)
+    assert f["segments"] == 3 and f["implemented"] == f["tree"] + (12 + 4) - 4
     # two layers: the first runs every node in full with attention over its depth
     g = head_flops([[5, 6], [5, 7]], [2, 2], width=1, layers=2, mlp=1, context=2)
     assert g["tree"] == (12 + 4) + 2 * (12 + 8) + f["tree"]

@@ -395,3 +395,17 @@ def test_init_starts_from_the_given_weights(tmp_path):
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
     args = build_parser().parse_args(["--init", str(path), "--out", str(tmp_path / "x")])
     assert config_from_args(args).init == str(path)
+
+
+def test_a_robust_hard_run_also_reads_its_own_style(tiny):
+    from clipkit.tokenizer import get_tokenizer
+    from clipkit.train import TrainConfig, evaluate
+    from clipkit.transforms import image_transform
+
+    c = tiny.config
+    preprocess = image_transform(c.vision.image_size, c.image_mean, c.image_std)
+    got = evaluate(tiny, preprocess, get_tokenizer(), TrainConfig(eval_size=20, digit_style="robust-hard"))
+    assert set(got) == {"colour_shape", "digits", "digits_robust", "digits_robust_hard", "relation"}
+    robust = evaluate(tiny, preprocess, get_tokenizer(), TrainConfig(eval_size=20, digit_style="robust"))
+    assert set(robust) == set(got) - {"digits_robust_hard"}
+    assert {k: got[k] for k in robust} == robust  # the shared sets are the same sets

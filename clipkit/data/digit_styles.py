@@ -296,8 +296,8 @@ def robust_digit_scene(world, rng, digit: int | None = None, hard: bool = False)
         # the digit keeps at least MIN_LOW_RES_INK pixels of the reduced grid
         sides = [r for r in LOW_RESOLUTIONS if r * measured_fill >= MIN_LOW_RES_INK] or [LOW_RESOLUTIONS[-1]]
         if hard:
-            w = np.array([SMALL_SIDE_WEIGHT if r <= SMALL_SIDE else 1.0 for r in sides])
-            resolution = int(sides[int(rng.choice(len(sides), p=w / w.sum()))])
+            weight = np.array([SMALL_SIDE_WEIGHT if r <= SMALL_SIDE else 1.0 for r in sides])
+            resolution = int(sides[int(rng.choice(len(sides), p=weight / weight.sum()))])
         else:
             resolution = int(sides[int(rng.integers(len(sides)))])
     noise = rng.uniform(3, 32) if rng.random() < 0.5 else 0.0

@@ -17,7 +17,8 @@ Scenes (the `kind` attribute):
   white on black and centred like MNIST (half of those drawn at MNIST's 28 pixels and
   upsampled bicubically, as a classifier sees an MNIST digit), the rest dark on light or
   coloured. That is the "classic" digit style, the shipped model's; `digit_style="robust"`
-  draws most digits with real digits' variation instead (`clipkit.data.digit_styles`).
+  draws most digits with real digits' variation instead (`clipkit.data.digit_styles`), and
+  `"robust-hard"` the same with stretched and low-resolution digits more often.
 
 `sample(index, swap=...)` / `sample(index, recount=...)` draw a relation or count scene
 with one fact changed and every other draw the same: the hard negatives of

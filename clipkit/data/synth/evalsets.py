@@ -76,8 +76,9 @@ def colour_shape_eval_set(n_per_pair: int | None = None, heldout_only: bool = Tr
 
 def digit_eval_set(n: int = 1000, seed: int = 0, image_size: int = 64, *, split: str = "val",
                    style: str | None = None, fonts: Sequence[str] | None = None) -> EvalSet:
-    """Rendered digits, classes 0-9 in turn; `style` pins "mnist", "inverted", "colour" or
-    "robust" (every digit with its own draw of `digit_styles`' variations)."""
+    """Rendered digits, classes 0-9 in turn; `style` pins "mnist", "inverted", "colour",
+    "robust" (every digit with its own draw of `digit_styles`' variations) or "robust-hard"
+    (the same, stretched and low-resolution digits more often)."""
     world = SynthWorld(seed=seed, image_size=image_size, split="val" if split == "heldout" else split,
                        fonts=fonts)
     images, labels, attrs = [], [], []

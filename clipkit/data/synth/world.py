@@ -50,10 +50,11 @@ class SynthWorld:
         list, or no usable file found, falls back to Pillow's built-in font.
     hand_share: fraction of digits drawn with procedural pen strokes instead of a font.
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
-    digit_style: "classic" (the shipped model's world) or "robust": `digit_styles.ROBUST_SHARE`
-        of the digits drawn at any scale, place, polarity, stroke width, resolution, ...
-        (see `clipkit.data.digit_styles`), the rest as "classic" draws them; "robust-hard":
-        the same with stretched and low-resolution digits drawn more often.
+    digit_style: "classic" (the shipped model's world), "robust" or "robust-hard".
+        "robust": `digit_styles.ROBUST_SHARE` of the digits drawn at any scale, place,
+        polarity, stroke width, resolution, ... (see `clipkit.data.digit_styles`), the rest
+        as "classic" draws them; "robust-hard": the same with stretched and low-resolution
+        digits drawn more often.
     """
 
     def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train",
