@@ -296,3 +296,19 @@ def test_some_digits_are_cropped_and_stretched_over_the_frame(robust_all):
     bar = ds.place_glyph(_bar(), N, 0.5, None)
     wide = ds.stretch_to_fill(bar, ds.ink_box(bar), (N, N), (0, 0))
     assert ds.ink_box(wide) == (0, 0, N, N)
+
+
+def test_the_mnist_variation_proxy_crops_to_the_ink_like_on_mnist():
+    """benchmarks/digit_proxy.py: white-on-black renders on a ground of exactly 0, so the
+    crop variations of eval_shipped find the ink's box; labels cycle through the digits."""
+    from benchmarks.digit_proxy import proxy_images
+    from benchmarks.eval_shipped import MNIST_VARIATIONS
+
+    raw, labels = proxy_images(20)
+    assert raw.shape == (20, 28, 28) and labels == [i % 10 for i in range(20)]
+    corners = raw[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 0).all() and (raw.max(axis=(1, 2)) > 128).all()
+    stretched = MNIST_VARIATIONS["cropped to content, filling the frame"](raw, 0)
+    # stretched over the whole frame: ink reaches every border
+    assert all((im[0].max() > 0 and im[-1].max() > 0 and im[:, 0].max() > 0 and im[:, -1].max() > 0)
+               for im in stretched)
