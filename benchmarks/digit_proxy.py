@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     import clipkit
     from benchmarks.eval_shipped import MNIST_TEMPLATE, MNIST_VARIATIONS, embed, zero_shot_logits
     from clipkit.data import synth
+    from clipkit.evaluation.bench import classification_metrics
 
     torch.set_num_threads(args.threads)
     model, preprocess = clipkit.load(args.model)
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     print(f"{args.model}: {args.n} MNIST-style renders of the val world, zero-shot top-1, single template")
     for name, vary in [("as it is", lambda x, seed: x), *MNIST_VARIATIONS.items()]:
         feats = embed(model, preprocess, [Image.fromarray(im) for im in vary(raw, 0)])
-        acc = float((zero_shot_logits(model, feats, classes, [MNIST_TEMPLATE]).argmax(1) == y).float().mean())
+        acc = classification_metrics(zero_shot_logits(model, feats, classes, [MNIST_TEMPLATE]), y, 10)["acc1"]
         print(f"  {acc:6.1%}  {name}", flush=True)
     return 0
 

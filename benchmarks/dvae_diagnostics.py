@@ -36,6 +36,7 @@ def main(argv=None) -> int:
 
     from benchmarks.judge import load_default as load_judge
     from benchmarks.judge import render_labelled
+    from benchmarks.rerank_gain import as_uint8, dvae_round_trip
     from clipkit.generator import Generator, load_default
     from clipkit.generator.dvae import stats_to_image
 
@@ -44,17 +45,12 @@ def main(argv=None) -> int:
     dvae, judge = gen.dvae.eval(), load_judge()
     size = dvae.config.image_size
     images, colour, shape = render_labelled(args.n, stream=args.stream, image_size=size, config=judge.config)
-    x = images.float() / 255
-
-    def to_u8(r: torch.Tensor) -> torch.Tensor:
-        return (r.clamp(0, 1) * 255).round().to(torch.uint8)  # what a PIL image would hold
-
-    with torch.no_grad():
-        recon = to_u8(torch.cat([dvae.reconstruct(b) for b in x.split(128)]))
-        rows = [("renders", images), ("round trip (argmax codes)", recon)]
-        if dvae.config.quantizer == "vq":
-            z = torch.cat([dvae._encoder_out(b).float() for b in x.split(128)])
-            rows.append(("decoder on the unquantized encoder vectors", to_u8(stats_to_image(dvae.decoder(z)))))
+    recon = dvae_round_trip(dvae, images)  # as rerank_gain.py's reported check makes them
+    rows = [("renders", images), ("round trip (argmax codes)", recon)]
+    if dvae.config.quantizer == "vq":
+        with torch.no_grad():
+            z = torch.cat([dvae._encoder_out(b.float() / 255).float() for b in images.split(64)])
+            rows.append(("decoder on the unquantized encoder vectors", as_uint8(stats_to_image(dvae.decoder(z)))))
     print(f"stream {args.stream}, {args.n} renders of {size}x{size}; judge accuracy (colour / shape / both):")
     for name, imgs in rows:
         r = judge.evaluate(imgs, colour, shape)

@@ -173,17 +173,28 @@ def build_captions(pairs: list[tuple[str, str]], per_pair: int) -> list[dict]:
             for t in range(per_pair) for c, s in pairs]
 
 
-def judge_on_dvae_round_trip(gen, judge, n: int = 810) -> dict | None:
-    """The judge's accuracy on decode(encode(render)) of fresh renders of every pair."""
+def as_uint8(images):
+    """Images in [0, 1] -> uint8 in [0, 255]: what a PIL image of them would hold."""
     import torch
 
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def dvae_round_trip(dvae, images):
+    """decode(encode(images)) of uint8 renders (N, 3, S, S), as uint8, in batches of 64."""
+    import torch
+
+    with torch.no_grad():
+        return as_uint8(torch.cat([dvae.reconstruct(x.float() / 255) for x in images.split(64)]))
+
+
+def judge_on_dvae_round_trip(gen, judge, n: int = 810) -> dict | None:
+    """The judge's accuracy on decode(encode(render)) of fresh renders of every pair."""
     from benchmarks.judge import render_labelled
 
     size = gen.dvae.config.image_size
     images, colour, shape = render_labelled(n, stream=102, image_size=size, config=judge.config)
-    with torch.no_grad():
-        recon = torch.cat([gen.dvae.reconstruct(x.float() / 255) for x in images.split(64)])
-    recon = (recon.clamp(0, 1) * 255).round().to(torch.uint8)  # what a PIL image would hold
+    recon = dvae_round_trip(gen.dvae, images)
     return {"renders": judge.evaluate(images, colour, shape), "dvae_round_trip": judge.evaluate(recon, colour, shape)}
 
 

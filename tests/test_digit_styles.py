@@ -95,7 +95,6 @@ def test_robust_world_mixes_robust_and_classic_digits():
         SynthWorld(digit_style="fancy")
 
 
-
 def test_robust_renders_are_unchanged_by_the_hard_style():
     """Adding "robust-hard" did not move the robust style's draws (digest taken before it existed)."""
     world = SynthWorld(seed=3, digit_style="robust", mix={"digit": 1.0}, fonts="bundled")
@@ -120,6 +119,7 @@ def test_robust_hard_draws_stretched_and_small_digits_more_often():
     world = SynthWorld(seed=0, digit_style="robust-hard", mix={"digit": 1.0}, fonts="bundled")
     styles = [world.sample(i).attrs["style"] for i in range(200)]
     assert abs(styles.count("robust-hard") / 200 - ds.ROBUST_SHARE) < 0.1 and "robust" not in styles
+
 
 def test_robust_captions_name_the_digit(robust_all):
     robust = robust_all

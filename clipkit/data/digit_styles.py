@@ -323,8 +323,7 @@ def robust_digit_scene(world, rng, digit: int | None = None, hard: bool = False)
     caption_style = "colour" if ink_name in synth.COLOURS and ink_name != "white" else "robust"
     caption = synth._digit_caption(rng, digit, font == synth.HAND, ink_name, bg_name, caption_style)
     attrs = {"kind": "digit", "digit": digit, "font": font, "style": "robust-hard" if hard else "robust",
-             "colour": ink_name,
-             "background": bg_name, "variant": variant, "resolution": resolution,
+             "colour": ink_name, "background": bg_name, "variant": variant, "resolution": resolution,
              "polarity": polarity, "fill": round(measured_fill, 4), "box": box, "stretched": stretched,
              "box_centre": (float(box_centre[0]), float(box_centre[1])), "stroke": round(width, 4),
              "morph": morph, "rotation": rotation, "shear": shear, "aspect": aspect,

@@ -278,12 +278,12 @@ class SynthWorld:
 
     def _digit_scene(self, rng, digit=None, style=None) -> Sample:
         # A classic world draws nothing here, so its renders stay those of the shipped model.
-        if style in ("robust", "robust-hard") or (style is None and self.digit_style != "classic"
-                                                   and rng.random() < _robust_share()):
+        if style is None and self.digit_style != "classic" and rng.random() < _robust_share():
+            style = self.digit_style  # this digit is drawn in the world's robust style
+        if style in ("robust", "robust-hard"):
             from clipkit.data.digit_styles import robust_digit_scene
 
-            hard = style == "robust-hard" or (style is None and self.digit_style == "robust-hard")
-            return robust_digit_scene(self, rng, digit, hard=hard)
+            return robust_digit_scene(self, rng, digit, hard=style == "robust-hard")
         n = self.image_size
         digit = int(rng.integers(10)) if digit is None else int(digit)
         if style is None:
