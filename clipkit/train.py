@@ -35,6 +35,13 @@ largest n_r and the padding dropped, and rank r's loss is its summed cross-entro
 W / (2 T): the mean over ranks is again the one-process loss over all T rows, and the
 gradient argument above holds unchanged.
 
+Resolution consistency (`--resolution-consistency WEIGHT`, off by default): the first quarter
+of each rank's own pairs is also fed reduced to 8, 12 or 16 pixels a side (in turn by step)
+and enlarged back, in the same forward pass; WEIGHT x KL(original || copy) of their softmaxes
+over the batch's captions joins the loss, with the gradient through the copy only
+(`clipkit.training.contrastive.consistency_loss`). A per-rank term: DDP's gradient average
+makes it the mean over ranks.
+
 Data: the synthetic world renders any sample from its index, so the data stream needs no
 shuffling state: global sample index = samples_seen + j, and rank r renders the
 contiguous slice [r n, (r+1) n) of every global batch. The gathered features are then in
@@ -62,8 +69,8 @@ from torch import nn
 from clipkit.distributed import DistInfo, is_distributed
 from clipkit.models.config import CLIPConfig, get_config
 # The shared pieces, also re-exported here: `clipkit.train` keeps its public names.
-from clipkit.training.contrastive import (MAX_LOGIT_SCALE, PRECISIONS, ContrastiveModel, LossOutput,  # noqa: F401
-                                          autocast_context, clamp_logit_scale, clip_loss, forward_loss,
+from clipkit.training.contrastive import (CONSISTENCY_SIDES, MAX_LOGIT_SCALE, PRECISIONS,  # noqa: F401
+                                          Consistency, ContrastiveModel, LossOutput, autocast_context, clamp_logit_scale, clip_loss, forward_loss,
                                           gather_features, gather_sizes, train_step)
 from clipkit.training.loop import Trainer
 from clipkit.training.params import param_groups  # noqa: F401
@@ -109,6 +116,9 @@ class TrainConfig:
     # "robust-hard": the same with stretched and low-resolution digits drawn more often
     mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)
     hard_negatives: bool = False  # NegCLIP: swapped relation/attribute/count scenes join the batch
+    # weight of the resolution-consistency term (0: off): a quarter of each batch's images is
+    # also fed reduced to 8, 12 or 16 pixels a side, and should rank the captions as its original
+    resolution_consistency: float = 0.0
     init: str | None = None  # start from these weights (fine-tuning; their config replaces `config`)
 
     def to_dict(self) -> dict:
@@ -372,11 +382,16 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
 
         bar = progress_bar(trainer.end, initial=trainer.step, desc="train", unit="step", progress=True)
 
-    def step(_, batch) -> None:
+    def step(s, batch) -> None:
         nonlocal samples_seen
         images, ids = (t.to(info.device, non_blocking=True) for t in batch)
+        consistency = None
+        if cfg.resolution_consistency > 0:
+            # a quarter of this rank's own pairs (its first rows; hard negatives follow them)
+            consistency = Consistency(cfg.resolution_consistency, count=cfg.batch_size // (4 * info.world_size),
+                                      side=CONSISTENCY_SIDES[s % len(CONSISTENCY_SIDES)])
         result = train_step(model, clip, images, ids, optimizer, scheduler, cfg.precision,
-                            uneven=cfg.hard_negatives)
+                            uneven=cfg.hard_negatives, consistency=consistency)
         samples_seen += cfg.batch_size
         window.add(result)
 

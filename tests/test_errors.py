@@ -168,6 +168,13 @@ def test_train_resume_bad_checkpoint(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_unknown_config_is_one_line_and_makes_no_run_folder(capsys, tmp_path):
+    rc, out, err = run_cli(["train", "--config", "ViT-Z/99", "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2
+    one_line_error(err, "--config", "unknown model 'ViT-Z/99'", "clipkit-synth")
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------
 # 2. caches: unwritable degrades to one warning; CLIPKIT_NO_CACHE writes nothing
 # ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ _FIELDS = {
     "log_every": "log_every", "eval_every": "eval_every", "eval_size": "eval_size",
     "save_every": "save_every", "stop_at": "stop_at",
     "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives", "init": "init",
+    "resolution_consistency": "resolution_consistency",
 }
 DIGIT_STYLES = ("classic", "robust", "robust-hard")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
 
@@ -80,6 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="NegCLIP hard negatives: each relation and count scene brings the same scene with the "
                         "places, colours or count changed, image and caption, into the batch (default off)")
+    p.add_argument("--resolution-consistency", type=float_in(0.0), metavar="WEIGHT",
+                   help="add WEIGHT x a consistency term: a quarter of each batch's images is also fed reduced "
+                        "to 8, 12 or 16 pixels a side and enlarged back, and should rank the batch's captions "
+                        "as its original does (KL divergence); 0 = off (default 0)")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune: start from these weights (a file or name clipkit.load reads; their "
                         "architecture replaces --config); the optimiser and the schedule start afresh")
@@ -126,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     from clipkit.train import train
 
     cfg = config_from_args(args)
+    if cfg.init is None:  # a bad model name fails here, in one line, before OUT is made
+        from clipkit.errors import OptionError
+        from clipkit.train import resolve_model_config
+
+        try:
+            resolve_model_config(cfg.config)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise OptionError(f"--config: {e}") from None
     record = train(cfg, resume=args.resume)
     if record:
         print(json.dumps(record))

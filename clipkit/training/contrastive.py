@@ -146,15 +146,68 @@ def _clip_loss_uneven(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.T
     return LossOutput(loss, correct_i2t, correct_t2i, n)
 
 
+# ---------------------------------------------------------------------------
+# Resolution consistency: a reduced copy should read the captions as its original does
+# ---------------------------------------------------------------------------
+
+CONSISTENCY_SIDES = (8, 12, 16)  # step s reduces its copies to CONSISTENCY_SIDES[s % 3] pixels a side
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """`forward_loss`'s resolution-consistency term: the first `count` images of the batch
+    are also fed reduced to side x side pixels and enlarged back (`degrade_resolution`),
+    and `weight` x `consistency_loss` joins the loss."""
+
+    weight: float
+    count: int
+    side: int
+
+
+def degrade_resolution(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (n, C, H, W) reduced to side x side by area averaging and enlarged back to
+    H x W bicubically: what a low-resolution picture looks like once resized for the model.
+    Linear in the pixels, so it commutes with the preprocessing's normalisation."""
+    h, w = images.shape[-2:]
+    small = F.interpolate(images, size=(side, side), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+
+
+def consistency_loss(reduced: torch.Tensor, clean: torch.Tensor, text_features: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """KL(p_clean || p_reduced), mean over images, where p is an image's softmax over the
+    batch's captions of logit_scale x cosine similarity: the reduced copy should rank the
+    captions as its original does. Only `reduced` gets a gradient (the clean image, the
+    captions and the scale are targets)."""
+    t = F.normalize(text_features.detach(), dim=-1)
+    scale = logit_scale.detach()
+    target = (scale * F.normalize(clean.detach(), dim=-1) @ t.T).log_softmax(-1)
+    pred = (scale * F.normalize(reduced, dim=-1) @ t.T).log_softmax(-1)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
+
+
 def forward_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor,
-                 precision: str = "fp32", uneven: bool = False) -> LossOutput:
+                 precision: str = "fp32", uneven: bool = False,
+                 consistency: Consistency | None = None) -> LossOutput:
     """Both towers (under autocast for bf16) then the loss in float32 (or the model's
-    dtype when it is float64). `uneven`: see `clip_loss`."""
+    dtype when it is float64). `uneven`: see `clip_loss`. `consistency`: the reduced
+    copies go through the image tower in the same forward (one DDP forward per step);
+    their term is this rank's own (DDP averages it over ranks with the gradients)."""
     device = images.device
+    n = images.shape[0]
+    if consistency is not None and consistency.weight > 0:
+        k = min(consistency.count, n)
+        images = torch.cat([images, degrade_resolution(images[:k], consistency.side)])
     with autocast_context(precision, device):
         image_features, text_features, scale = model(images, ids)
     dtype = torch.promote_types(image_features.dtype, torch.float32)
-    return clip_loss(image_features.to(dtype), text_features.to(dtype), scale.to(dtype), uneven=uneven)
+    image_features, text_features, scale = image_features.to(dtype), text_features.to(dtype), scale.to(dtype)
+    out = clip_loss(image_features[:n], text_features, scale, uneven=uneven)
+    if image_features.shape[0] > n:
+        reduced = image_features[n:]
+        extra = consistency_loss(reduced, image_features[:reduced.shape[0]], text_features, scale)
+        out = LossOutput(out.loss + consistency.weight * extra, out.correct_i2t, out.correct_t2i, out.n)
+    return out
 
 
 def clamp_logit_scale(clip: nn.Module) -> None:
@@ -165,11 +218,12 @@ def clamp_logit_scale(clip: nn.Module) -> None:
 
 def train_step(model: nn.Module, clip: nn.Module, images: torch.Tensor, ids: torch.Tensor,
                optimizer: torch.optim.Optimizer, scheduler=None, precision: str = "fp32",
-               uneven: bool = False) -> LossOutput:
+               uneven: bool = False, consistency: Consistency | None = None) -> LossOutput:
     """One optimiser step on this rank's share of the global batch. `model` is the
     (possibly DDP-wrapped) `ContrastiveModel`, `clip` the bare CLIP model inside it.
-    `uneven`: ranks hold different numbers of rows (hard negatives); see `clip_loss`."""
-    out = forward_loss(model, images, ids, precision, uneven)
+    `uneven`: ranks hold different numbers of rows (hard negatives); see `clip_loss`.
+    `consistency`: see `forward_loss`."""
+    out = forward_loss(model, images, ids, precision, uneven, consistency)
     optimizer_step(out.loss, optimizer, scheduler)
     clamp_logit_scale(clip)
     return out
