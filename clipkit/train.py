@@ -70,8 +70,9 @@ from clipkit.distributed import DistInfo, is_distributed
 from clipkit.models.config import CLIPConfig, get_config
 # The shared pieces, also re-exported here: `clipkit.train` keeps its public names.
 from clipkit.training.contrastive import (CONSISTENCY_SIDES, MAX_LOGIT_SCALE, PRECISIONS,  # noqa: F401
-                                          Consistency, ContrastiveModel, LossOutput, autocast_context, clamp_logit_scale, clip_loss, forward_loss,
-                                          gather_features, gather_sizes, train_step)
+                                          Consistency, ContrastiveModel, LossOutput, autocast_context,
+                                          clamp_logit_scale, clip_loss, forward_loss, gather_features,
+                                          gather_sizes, train_step)
 from clipkit.training.loop import Trainer
 from clipkit.training.params import param_groups  # noqa: F401
 from clipkit.training.schedule import WarmupCosine, warmup_cosine  # noqa: F401
