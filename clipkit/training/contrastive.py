@@ -1,6 +1,7 @@
 """The contrastive objective (CLIP paper §2.3-2.5): the tower pair as one module, features
 gathered across ranks with gradients, the symmetric cross-entropy (also over uneven ranks,
-for hard negatives), the temperature clamp and one optimiser step."""
+for hard negatives), the resolution-consistency term, the temperature clamp and one
+optimiser step."""
 from __future__ import annotations
 
 import math
