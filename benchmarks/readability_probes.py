@@ -13,8 +13,8 @@ Two questions the model cards ask (figures there):
 
 Never real digits: train-world renders for training, val-world renders for scoring.
 
-    .venv/bin/python benchmarks/readability_probes.py dvae          # ~4 min on 2 cores
-    .venv/bin/python benchmarks/readability_probes.py digits        # ~12 min on 2 cores
+    .venv/bin/python benchmarks/readability_probes.py dvae --threads 1     # 10 min on one thread
+    .venv/bin/python benchmarks/readability_probes.py digits --threads 1   # 13 min on one thread
 """
 from __future__ import annotations
 

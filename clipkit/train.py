@@ -308,6 +308,12 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     from clipkit.transforms import image_transform
     from clipkit.data.synth import SynthWorld
 
+    if cfg.resolution_consistency > 0 and cfg.batch_size // (4 * info.world_size) < 1:
+        from clipkit.errors import OptionError
+
+        raise OptionError(f"--resolution-consistency reduces a quarter of each rank's pairs: --batch-size "
+                          f"{cfg.batch_size} over {info.world_size} rank(s) leaves none (needs >= "
+                          f"{4 * info.world_size})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -333,6 +339,12 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     else:
         model_config = resolve_model_config(cfg.config)
 
+    if cfg.resolution_consistency > 0 and model_config.vision.patch_size is None:
+        from clipkit.errors import OptionError
+
+        # the copies share the clean images' forward pass: BatchNorm would mix their statistics
+        raise OptionError("--resolution-consistency needs a ViT image tower; this model's is a "
+                          "ResNet, whose BatchNorm would mix the reduced copies into the batch statistics")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts)
     clip = create_model(model_config).to(info.device)
     if state is None and cfg.init is not None:

@@ -118,3 +118,31 @@ def test_cli_flag_sets_the_weight_and_refuses_negatives(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--resolution-consistency", "-1"])
     assert "resolution-consistency" in capsys.readouterr().err
+
+
+def test_term_refused_where_it_cannot_work(tmp_path):
+    from clipkit.errors import OptionError
+
+    with pytest.raises(OptionError, match="batch-size 3 over 1 rank"):
+        train(TrainConfig(config="tiny-vit", steps=1, batch_size=3, eval_size=0, progress=False,
+                          out=str(tmp_path / "small"), resolution_consistency=0.5))
+    assert not (tmp_path / "small").exists()
+    with pytest.raises(OptionError, match="ViT image tower"):
+        train(TrainConfig(config="RN50", steps=1, batch_size=8, eval_size=0, progress=False,
+                          out=str(tmp_path / "rn"), resolution_consistency=0.5))
+
+
+def test_resume_does_not_need_the_config_file_any_more(tmp_path, capsys):
+    import json
+
+    from clipkit.commands.train import build_parser, run
+    from clipkit.models import get_config
+
+    conf = tmp_path / "m.json"
+    conf.write_text(json.dumps(get_config("tiny-vit").to_dict()))
+    out = tmp_path / "run"
+    base = ["--batch-size", "4", "--eval-size", "0", "--out", str(out), "--quiet"]
+    assert run(build_parser().parse_args(["--config", str(conf), "--steps", "1", *base])) == 0
+    conf.unlink()  # the run rebuilds its model from the checkpoint
+    assert run(build_parser().parse_args(["--resume", "--steps", "2", *base])) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2

@@ -34,5 +34,9 @@ def test_fit_cnn_reads_what_is_there_and_not_what_is_not():
     scores = fit_cnn(x, y, {"held out": (tx, ty), "shuffled": (tx, ty[torch.randperm(400)])}, steps=300,
                      stem=_net(), every=100, log=logged.append)
     assert scores["held out"] > 0.9
-    assert scores["shuffled"] < 0.45  # chance is 0.25
     assert len(logged) == 3 and "held out" in logged[-1]
+    # labels that say nothing about the images teach nothing that holds out: near chance (0.25)
+    torch.manual_seed(0)
+    noise = fit_cnn(x, y[torch.randperm(2000)], {"held out": (tx, ty)}, steps=300, stem=_net(), every=300,
+                    log=lambda _: None)
+    assert noise["held out"] < 0.45

@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution-consistency", type=float_in(0.0), metavar="WEIGHT",
                    help="add WEIGHT x a consistency term: a quarter of each batch's images is also fed reduced "
                         "to 8, 12 or 16 pixels a side and enlarged back, and should rank the batch's captions "
-                        "as its original does (KL divergence); 0 = off (default 0)")
+                        "as its original does (KL divergence); ViT image towers only; 0 = off (default 0)")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune: start from these weights (a file or name clipkit.load reads; their "
                         "architecture replaces --config); the optimiser and the schedule start afresh")
@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from clipkit.train import train
 
     cfg = config_from_args(args)
-    if cfg.init is None:  # a bad model name fails here, in one line, before OUT is made
+    if cfg.init is None and not args.resume:  # a bad model name fails here, in one line, before OUT is made
+        # (a resumed run rebuilds its model from the checkpoint, whatever became of --config)
         from clipkit.errors import OptionError
         from clipkit.train import resolve_model_config
 
