@@ -25,15 +25,16 @@ sys.path.insert(0, str(REPO))
 GROUND_CUT = 40  # grey levels below this become 0
 
 
-def proxy_images(n: int = 1000, seed: int = 0):
-    """(uint8 (n, 28, 28) white-on-black digits, labels): the MNIST-style val renders, grey,
-    with a ground of exactly 0 (the cropping variations crop to the nonzero pixels, as on
-    MNIST): the renders' ground noise (up to about 30 of 255) is cut at GROUND_CUT."""
+def proxy_images(n: int = 1000, seed: int = 0, split: str = "val"):
+    """(uint8 (n, 28, 28) white-on-black digits, labels): the MNIST-style renders of `split`
+    (the proxy set: val), grey, with a ground of exactly 0 (the cropping variations crop to
+    the nonzero pixels, as on MNIST): the renders' ground noise (up to about 30 of 255) is
+    cut at GROUND_CUT."""
     import numpy as np
 
     from clipkit.data.synth.evalsets import digit_eval_set
 
-    es = digit_eval_set(n=n, seed=seed, image_size=28, style="mnist")
+    es = digit_eval_set(n=n, seed=seed, image_size=28, split=split, style="mnist")
     raw = np.stack([np.asarray(im.convert("L")) for im in es.images])
     return np.where(raw < GROUND_CUT, 0, raw).astype(np.uint8), list(es.labels)
 

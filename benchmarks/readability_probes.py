@@ -64,6 +64,7 @@ def dvae_probe(n: int, steps: int, threads: int) -> dict[str, float]:
 
     from benchmarks.judge import load_default as load_judge
     from benchmarks.judge import render_labelled
+    from benchmarks.rerank_gain import as_uint8
     from clipkit.generator import load_default
 
     torch.set_num_threads(threads)
@@ -82,9 +83,10 @@ def dvae_probe(n: int, steps: int, threads: int) -> dict[str, float]:
                            else dvae.reconstruct(b))
             return torch.cat(out)
 
-    result = {}
+    result, test_features = {}, {}
     for kind in ("codes", "round trips"):
         ftr, fte = features(train_x, kind), features(test_x, kind)
+        test_features[kind] = fte
         mu, sd = ftr.mean((0, 2, 3), keepdim=True), ftr.std((0, 2, 3), keepdim=True) + 1e-6
         ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
         c, cells = ftr.shape[1], 4 if kind != "codes" else 1  # images: 4x4-pixel cells, as the codes
@@ -93,9 +95,8 @@ def dvae_probe(n: int, steps: int, threads: int) -> dict[str, float]:
                             nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(96, len(judge.config.shapes)))
         print(f"a CNN reading the shape from the {kind} ({n} renders of stream 300):")
         result[kind] = fit_cnn(ftr, train_y, {"stream 103": (fte, test_y)}, steps=steps, stem=net)["stream 103"]
-    recon = features(test_x, "round trips")
-    result["judge on round trips"] = judge.evaluate((recon * 255).round().clamp(0, 255).to(torch.uint8),
-                                                    test_c, test_y)["shape"]
+    recon = as_uint8(test_features["round trips"])  # the round trips the second CNN was scored on
+    result["judge on round trips"] = judge.evaluate(recon, test_c, test_y)["shape"]
     print(f"judge on the same round trips: {result['judge on round trips']:.1%}")
     return result
 
@@ -108,18 +109,15 @@ def digit_probe(model: str, n: int, steps: int, threads: int) -> dict[str, float
     from torch import nn
 
     import clipkit
-    from benchmarks.digit_proxy import GROUND_CUT, proxy_images
+    from benchmarks.digit_proxy import proxy_images
     from benchmarks.eval_shipped import MNIST_TEMPLATE, MNIST_VARIATIONS, embed, zero_shot_logits
     from clipkit.data import synth
-    from clipkit.data.synth.evalsets import digit_eval_set
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     reduce = MNIST_VARIATIONS["downsampled to 8x8 and back"]
-    es = digit_eval_set(n=n, seed=5, image_size=28, style="mnist", split="train")
-    raw = np.stack([np.asarray(im.convert("L")) for im in es.images])
-    raw = np.where(raw < GROUND_CUT, 0, raw).astype(np.uint8)
-    labels = np.array(es.labels)
+    raw, labels = proxy_images(n, seed=5, split="train")  # the same renders and cut, from the train world
+    labels = np.array(labels)
     proxy, proxy_labels = proxy_images(1000)
     proxy_labels = np.array(proxy_labels)
     result = {}

@@ -12,6 +12,7 @@ from clipkit.models import create_model
 from clipkit.train import (CONSISTENCY_SIDES, Consistency, ContrastiveModel, TrainConfig, clip_loss,
                            forward_loss, train)
 from clipkit.training.contrastive import consistency_loss, degrade_resolution
+from tests.test_train import _batch  # random images; ids of start, random tokens, end
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -64,16 +65,9 @@ def tiny():
     return create_model("tiny-vit")
 
 
-def _batch(n, image_size, context=8):
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, 40000, (n, context), generator=g)
-    ids[:, 0], ids[:, -1] = 49406, 49407
-    return torch.randn(n, 3, image_size, image_size, generator=g), ids
-
-
 def test_forward_loss_adds_the_term_computed_from_separate_tower_calls(tiny):
     model = ContrastiveModel(tiny).eval()
-    images, ids = _batch(6, tiny.image_size)
+    images, ids = _batch(n=6, image_size=tiny.image_size, context=8, seed=3)
     c = Consistency(weight=0.7, count=2, side=8)
     with torch.no_grad():
         got = forward_loss(model, images, ids, consistency=c)
