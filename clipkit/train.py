@@ -116,6 +116,8 @@ class TrainConfig:
     digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution;
     # "robust-hard": the same with stretched and low-resolution digits drawn more often
     mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)
+    pen: str = "plain"  # pen-stroke digits: "plain" or "hand" (handwriting-like variation)
+    hand_share: float = 0.45  # share of digits drawn with pen strokes instead of a font
     hard_negatives: bool = False  # NegCLIP: swapped relation/attribute/count scenes join the batch
     # weight of the resolution-consistency term (0: off): a quarter of each batch's images is
     # also fed reduced to 8, 12 or 16 pixels a side, and should rank the captions as its original
@@ -377,7 +379,7 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     tokenizer = get_tokenizer()
     preprocess = image_transform(model_config.vision.image_size, model_config.image_mean, model_config.image_std)
     world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train",
-                       mix=cfg.mix, digit_style=cfg.digit_style)
+                       mix=cfg.mix, digit_style=cfg.digit_style, pen=cfg.pen, hand_share=cfg.hand_share)
     dataset = SynthPairs(world, preprocess, tokenizer, model_config.text.context_length, cfg.hard_negatives)
     sampler = GlobalBatchSampler(samples_seen, max(0, trainer.end - trainer.step), cfg.batch_size, info.rank,
                                  info.world_size)

@@ -35,9 +35,11 @@ _FIELDS = {
     "log_every": "log_every", "eval_every": "eval_every", "eval_size": "eval_size",
     "save_every": "save_every", "stop_at": "stop_at",
     "digit_style": "digit_style", "mix": "mix", "hard_negatives": "hard_negatives", "init": "init",
-    "resolution_consistency": "resolution_consistency",
+    "resolution_consistency": "resolution_consistency", "pen": "pen", "hand_share": "hand_share",
 }
-DIGIT_STYLES = ("classic", "robust", "robust-hard")  # clipkit.data.synth.DIGIT_STYLES (not imported: no work at start-up)
+# clipkit.data.synth.DIGIT_STYLES and PEN_STYLES (not imported: no work at start-up)
+DIGIT_STYLES = ("classic", "robust", "robust-hard")
+PEN_STYLES = ("plain", "hand")
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -78,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", type=parse_mix, metavar="KIND=W,...",
                    help="scene kinds' weights, e.g. shape=0.2,count=0.15,relation=0.25,digit=0.4 "
                         "(default: the world's, shape=0.25,count=0.15,relation=0.15,digit=0.45)")
+    p.add_argument("--pen", choices=PEN_STYLES,
+                   help="how pen-stroke digits are drawn: plain (the shipped model's) or hand (handwriting-like: "
+                        "the digit's proportions, where strokes meet, stroke ends and pen pressure vary) "
+                        "(default plain)")
+    p.add_argument("--hand-share", type=float_in(0.0, 1.0), metavar="SHARE",
+                   help="share of digits drawn with pen strokes instead of a font (default 0.45)")
     p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="NegCLIP hard negatives: each relation and count scene brings the same scene with the "
                         "places, colours or count changed, image and caption, into the batch (default off)")

@@ -79,7 +79,7 @@ def _glyph(world, rng, digit: int, n: int, width: float):
     """A glyph with pen width `width` (fraction of the digit height): procedural pen
     strokes (`world.hand_share` of the time) or a font, its family drawn first."""
     if rng.random() < world.hand_share:
-        glyph, variant = synth._pen_glyph(rng, digit, n, width)
+        glyph, variant = world.pen_glyph(rng, digit, n, width)
         return glyph, synth.HAND, variant
     _, files = world.font_families[int(rng.integers(len(world.font_families)))]
     path = files[int(rng.integers(len(files)))]

@@ -162,3 +162,75 @@ def _pen_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tu
     return _crop_glyph(np.asarray(im, np.float32) / 255.0), variant
 
 
+
+
+# Handwriting-like pen strokes (`SynthWorld(pen="hand")`): the same skeletons as
+# `_pen_glyph`, with the variation between two people's digits that a fixed skeleton and a
+# small jitter lack: where the middle of the digit sits (a '9' with a small or a large head,
+# an '8' top-heavy or bottom-heavy), top and bottom of unequal width, strokes that do not
+# meet where the skeleton says (a '4' or '5' written in two movements), ends that stop
+# short or overshoot, messier or neater hands, and a pen whose width changes along the
+# stroke (pressure, thin starts and ends).
+HAND_MIDDLE_SD = 0.45  # y -> y + m y (1 - y): the middle moves by m / 4 of the height
+HAND_TAPER_SD = 0.35  # x -> 0.5 + (x - 0.5)(1 + t (y - 0.5)): top wider or narrower than bottom
+HAND_MESSY = (0.6, 2.2)  # jitter scale over `_pen_glyph`'s, log-uniform
+HAND_STROKE_SHIFT = 0.03  # SD of each stroke's own offset (height units), times the mess
+HAND_END = (-0.2, 0.3)  # first/last segment shortened or extended by this fraction
+HAND_PRESSURE = 0.35  # largest relative change of the pen width along a stroke
+
+
+def _resample(points: np.ndarray, step: float) -> np.ndarray:
+    """Points along the polyline `points` (K, 2) at most `step` apart, the vertices kept."""
+    out = [points[:1]]
+    for a, b in zip(points[:-1], points[1:]):
+        k = max(1, int(math.ceil(float(np.hypot(*(b - a))) / step)))
+        t = np.arange(1, k + 1, dtype=float)[:, None] / k
+        out.append(a + (b - a) * t)
+    return np.concatenate(out)
+
+
+def _disc_stroke(draw, xy: np.ndarray, radii: np.ndarray) -> None:
+    """Ink the union of discs of `radii` at the points `xy` (a pen of varying width)."""
+    for (x, y), r in zip(xy, radii):
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+
+
+def _hand_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tuple[_Glyph, int]:
+    """A handwriting-like pen digit (see the constants above), drawn at 2x and reduced.
+    `width` is the mean pen width as a fraction of the digit height. Returns the glyph and
+    its variant (the skeleton of `_PEN_DIGITS[digit]`)."""
+    variants = _PEN_DIGITS[digit]
+    variant = int(rng.integers(len(variants)))
+    height = 0.7 * n * 2  # drawn at 2x
+    box_w = height * rng.uniform(0.55, 0.78)
+    size = int(2 * n)
+    pad_x, pad_y = (size - box_w) / 2, (size - height) / 2
+    middle = float(np.clip(rng.normal(0, HAND_MIDDLE_SD), -0.8, 0.8))
+    taper = float(np.clip(rng.normal(0, HAND_TAPER_SD), -0.6, 0.6))
+    messy = math.exp(rng.uniform(*np.log(HAND_MESSY)))
+    pen = max(2.0, width * height)
+    pressure = rng.uniform(0, HAND_PRESSURE)
+    im = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(im)
+    for smooth, pts in variants[variant]:
+        p = np.asarray(pts, float)
+        p = p + rng.normal(0, (0.035 if len(p) <= 6 else 0.022) * messy, p.shape)
+        p = p + rng.normal(0, HAND_STROKE_SHIFT * messy, 2)
+        if not smooth or len(p) <= 4:  # ends of open strokes stop short or run on
+            start, end = rng.uniform(*HAND_END, 2)
+            p[0] = p[0] + (p[0] - p[1]) * start
+            p[-1] = p[-1] + (p[-1] - p[-2]) * end
+        if smooth:
+            p = _catmull_rom(p)
+        x, y = p[:, 0], p[:, 1]
+        y = y + middle * np.clip(y, 0, 1) * (1 - np.clip(y, 0, 1))
+        x = 0.5 + (x - 0.5) * (1 + taper * (y - 0.5))
+        xy = _resample(np.stack([pad_x + x * box_w, pad_y + y * height], 1), max(0.75, pen / 6))
+        s = np.linspace(0, 1, len(xy))
+        phase, cycles = rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 2.0)
+        radii = pen / 2 * (1 + pressure * np.sin(2 * math.pi * cycles * s + phase))
+        if rng.random() < 0.4:  # the pen lands and lifts: thinner ends
+            radii = radii * np.clip(0.55 + 0.45 * np.minimum(s, 1 - s) / 0.12, 0.55, 1.0)
+        _disc_stroke(draw, xy, np.maximum(radii - 0.5, 0.5))
+    im = im.reduce(2)
+    return _crop_glyph(np.asarray(im, np.float32) / 255.0), variant

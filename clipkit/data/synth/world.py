@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from clipkit.data.synth.captions import _count_caption, _digit_caption, _relation_caption, _shape_caption
 from clipkit.data.synth.fonts import HAND, PILLOW_DEFAULT_FONT, discover_fonts, font_dirs
 from clipkit.data.synth.geometry import _draw_shape, _elastic_field, _warp
-from clipkit.data.synth.glyphs import _font_glyph, _font_weight, _pen_glyph
+from clipkit.data.synth.glyphs import _font_glyph, _font_weight, _hand_glyph, _pen_glyph
 from clipkit.data.synth.vocab import (COLOURS, DEFAULT_MIX, DIGIT_STYLES, HELDOUT_PAIRS, INVERSE_RELATION, MNIST_SIDE,
-                                       POSITION_WORDS, RELATIONS, SPLITS, check_mix, train_pairs)
+                                       PEN_STYLES, POSITION_WORDS, RELATIONS, SPLITS, check_mix, train_pairs)
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +49,9 @@ class SynthWorld:
         only matplotlib's, so that a seed renders the same on every machine. An empty
         list, or no usable file found, falls back to Pillow's built-in font.
     hand_share: fraction of digits drawn with procedural pen strokes instead of a font.
+    pen: how those pen strokes are drawn: "plain" (the shipped model's world) or "hand"
+        (handwriting-like: proportions, stroke placement, ends and pen pressure vary;
+        `glyphs._hand_glyph`).
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
     digit_style: "classic" (the shipped model's world), "robust" or "robust-hard".
         "robust": `digit_styles.ROBUST_SHARE` of the digits drawn at any scale, place,
@@ -59,12 +62,18 @@ class SynthWorld:
 
     def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train",
                  mix: dict[str, float] | None = None, fonts: Sequence[str] | str | None = None,
-                 hand_share: float = 0.45, mnist_share: float = 0.5, digit_style: str = "classic"):
+                 hand_share: float = 0.45, mnist_share: float = 0.5, digit_style: str = "classic",
+                 pen: str = "plain"):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
         if digit_style not in DIGIT_STYLES:
             raise ValueError(f"unknown digit_style {digit_style!r}; expected one of {DIGIT_STYLES}")
         self.digit_style = digit_style
+        if pen not in PEN_STYLES:
+            raise ValueError(f"unknown pen {pen!r}; expected one of {PEN_STYLES}")
+        self.pen = pen
+        if not 0.0 <= hand_share <= 1.0:
+            raise ValueError(f"hand_share must be in [0, 1], got {hand_share}")
         if image_size < 16:
             raise ValueError(f"image_size {image_size} is too small to draw on; use 16 or more")
         self.seed, self.image_size, self.split = int(seed), int(image_size), split
@@ -94,6 +103,10 @@ class SynthWorld:
     def __repr__(self) -> str:
         return (f"SynthWorld(seed={self.seed}, image_size={self.image_size}, split={self.split!r}, "
                 f"kinds={self.kinds}, fonts={len(self.fonts)} files in {len(self.font_families)} families)")
+
+    def pen_glyph(self, rng, digit: int, n: int, width: float):
+        """A pen-stroke digit glyph in this world's `pen` style, and its variant."""
+        return (_hand_glyph if self.pen == "hand" else _pen_glyph)(rng, digit, n, width)
 
     # -- randomness -------------------------------------------------------------
 
@@ -293,7 +306,7 @@ class SynthWorld:
         # outweigh a typeface with one).
         if rng.random() < self.hand_share:
             font = HAND
-            glyph, variant = _pen_glyph(rng, digit, n, rng.uniform(0.10, 0.19))
+            glyph, variant = self.pen_glyph(rng, digit, n, rng.uniform(0.10, 0.19))
         else:
             _, files = self.font_families[int(rng.integers(len(self.font_families)))]
             path = files[int(rng.integers(len(files)))]
