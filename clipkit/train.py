@@ -317,7 +317,6 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
                           f"{cfg.batch_size} over {info.world_size} rank(s) leaves none (needs >= "
                           f"{4 * info.world_size})")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
     state = None
@@ -339,7 +338,12 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         initial, _ = load(cfg.init)  # any file or name clipkit.load reads
         model_config = initial.config
     else:
-        model_config = resolve_model_config(cfg.config)
+        try:
+            model_config = resolve_model_config(cfg.config)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            from clipkit.errors import OptionError
+
+            raise OptionError(f"--config: {e}") from None
 
     if cfg.resolution_consistency > 0 and model_config.vision.patch_size is None:
         from clipkit.errors import OptionError
@@ -347,6 +351,10 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         # the copies share the clean images' forward pass: BatchNorm would mix their statistics
         raise OptionError("--resolution-consistency needs a ViT image tower; this model's is a "
                           "ResNet, whose BatchNorm would mix the reduced copies into the batch statistics")
+    # The world checks its own settings (style, pen, mix): a bad one fails before OUT is made.
+    world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train",
+                       mix=cfg.mix, digit_style=cfg.digit_style, pen=cfg.pen, hand_share=cfg.hand_share)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts)
     clip = create_model(model_config).to(info.device)
     if state is None and cfg.init is not None:
@@ -378,8 +386,6 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
 
     tokenizer = get_tokenizer()
     preprocess = image_transform(model_config.vision.image_size, model_config.image_mean, model_config.image_std)
-    world = SynthWorld(seed=cfg.data_seed, image_size=model_config.vision.image_size, split="train",
-                       mix=cfg.mix, digit_style=cfg.digit_style, pen=cfg.pen, hand_share=cfg.hand_share)
     dataset = SynthPairs(world, preprocess, tokenizer, model_config.text.context_length, cfg.hard_negatives)
     sampler = GlobalBatchSampler(samples_seen, max(0, trainer.end - trainer.step), cfg.batch_size, info.rank,
                                  info.world_size)
@@ -412,17 +418,22 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
 
     def record(step: int, _, lr: float, __) -> dict:
         nonlocal window
-        loss_sum, i2t, t2i, n = _all_reduce_sum([window.loss, window.i2t, window.t2i, window.n], info.device)
+        loss_sum, i2t, t2i, n, kl_sum = _all_reduce_sum(
+            [window.loss, window.i2t, window.t2i, window.n, window.consistency], info.device)
         elapsed = time.perf_counter() - window.t0
+        per_step = window.steps * info.world_size
         rec = {
             "step": step,
-            "loss": loss_sum / (window.steps * info.world_size),
+            # the contrastive loss alone, comparable between runs with and without the term
+            "loss": (loss_sum - cfg.resolution_consistency * kl_sum) / per_step,
             "acc_i2t": i2t / n,
             "acc_t2i": t2i / n,
             "lr": lr,  # the rate of the window's last step
             "logit_scale": float(clip.logit_scale.detach().exp()),
             "samples_per_s": window.steps * cfg.batch_size / max(elapsed, 1e-9),
         }
+        if cfg.resolution_consistency > 0:
+            rec["consistency_kl"] = kl_sum / per_step  # unweighted; the step minimised loss + WEIGHT x this
         if bar is not None:
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc_i2t']:.2f}", scale=f"{rec['logit_scale']:.1f}")
         window = _Window()
@@ -455,7 +466,7 @@ class _Window:
     last record."""
 
     def __init__(self):
-        self.loss = self.i2t = self.t2i = self.n = 0.0
+        self.loss = self.i2t = self.t2i = self.n = self.consistency = 0.0
         self.steps, self.t0 = 0, time.perf_counter()
 
     def add(self, result: LossOutput) -> None:
@@ -463,6 +474,8 @@ class _Window:
         self.i2t += float(result.correct_i2t)
         self.t2i += float(result.correct_t2i)
         self.n += result.n
+        if result.consistency is not None:
+            self.consistency += float(result.consistency.detach())
         self.steps += 1
 
 

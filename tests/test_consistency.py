@@ -3,6 +3,8 @@ copies, the KL term against a hand-written computation, the loss of a batch with
 term against the towers run separately, and the trainer's wiring (sides in turn, counts)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,29 +80,42 @@ def test_forward_loss_adds_the_term_computed_from_separate_tower_calls(tiny):
         low = tiny.encode_image(degrade_resolution(images[:2], 8))
         expect = clip_loss(img, txt, scale).loss + 0.7 * consistency_loss(low, img[:2], txt, scale)
     assert float(got.loss) == pytest.approx(float(expect), rel=1e-5)
+    assert float(got.consistency) == pytest.approx(float(consistency_loss(low, img[:2], txt, scale)), rel=1e-5)
+    assert plain.consistency is None and off.consistency is None
     assert float(got.loss) > float(plain.loss)  # a random tower does not read reduced copies alike
     assert float(off.loss) == float(plain.loss)
     assert (got.n, int(got.correct_i2t)) == (plain.n, int(plain.correct_i2t))  # counts are the pairs'
 
 
 def test_trainer_reduces_a_quarter_of_the_batch_to_each_side_in_turn(tmp_path, monkeypatch):
-    seen = []
+    seen, results = [], []
     real_step = train_module.train_step
 
     def recording_step(*args, consistency=None, **kwargs):
         seen.append(consistency)
-        return real_step(*args, consistency=consistency, **kwargs)
+        results.append(real_step(*args, consistency=consistency, **kwargs))
+        return results[-1]
 
     monkeypatch.setattr(train_module, "train_step", recording_step)
     cfg = TrainConfig(config="tiny-vit", steps=4, batch_size=8, warmup=1, eval_size=0, progress=False,
-                      out=str(tmp_path / "run"), resolution_consistency=0.5)
+                      out=str(tmp_path / "run"), resolution_consistency=0.5, log_every=1)
     train(cfg)
     assert [c.side for c in seen] == [CONSISTENCY_SIDES[s % len(CONSISTENCY_SIDES)] for s in range(4)]
     assert all(c.count == 2 and c.weight == 0.5 for c in seen)
+    # the log keeps the two terms apart: the contrastive loss (comparable with runs without
+    # the term) and the unweighted KL; the step minimised loss + 0.5 KL
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = [r for r in log if "loss" in r]
+    assert len(log) == 4
+    for r, out in zip(log, results):
+        assert r["consistency_kl"] == pytest.approx(float(out.consistency), rel=1e-6)
+        assert r["loss"] == pytest.approx(float(out.loss) - 0.5 * float(out.consistency), rel=1e-6)
     seen.clear()
     train(TrainConfig(config="tiny-vit", steps=1, batch_size=8, warmup=1, eval_size=0, progress=False,
-                      out=str(tmp_path / "off")))
+                      out=str(tmp_path / "off"), log_every=1))
     assert seen == [None]  # off by default
+    off_log = (tmp_path / "off" / "log.jsonl").read_text().splitlines()
+    assert all("consistency_kl" not in json.loads(line) for line in off_log)
 
 
 def test_cli_flag_sets_the_weight_and_refuses_negatives(capsys):

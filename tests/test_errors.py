@@ -175,6 +175,19 @@ def test_train_unknown_config_is_one_line_and_makes_no_run_folder(capsys, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_train_library_call_with_bad_settings_makes_no_run_folder(tmp_path):
+    from clipkit.errors import OptionError
+    from clipkit.train import TrainConfig, train
+
+    with pytest.raises(OptionError, match="unknown model 'ViT-Z/99'"):
+        train(TrainConfig(config="ViT-Z/99", out=str(tmp_path / "a")))
+    with pytest.raises(OptionError, match="model config file .* does not exist"):
+        train(TrainConfig(config=str(tmp_path / "none.json"), out=str(tmp_path / "b")))
+    with pytest.raises(ValueError, match="unknown pen 'quill'"):
+        train(TrainConfig(pen="quill", out=str(tmp_path / "c")))
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------
 # 2. caches: unwritable degrades to one warning; CLIPKIT_NO_CACHE writes nothing
 # ---------------------------------------------------------------------------

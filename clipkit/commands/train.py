@@ -19,8 +19,10 @@ examples:
   torchrun --nproc_per_node=2 -m clipkit train --config clipkit-synth --steps 100 --out runs/t
   clipkit train --digit-style robust --hard-negatives --mix shape=0.2,count=0.15,relation=0.25,digit=0.4 ...
 
-The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss, in-batch
-image->text and text->image accuracy, lr, logit scale, samples/s; and zero-shot
+The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss (the
+contrastive loss; with --resolution-consistency the unweighted term follows as
+consistency_kl), in-batch image->text and text->image accuracy, lr, logit scale,
+samples/s; and zero-shot
 accuracy on the synthetic validation world every --eval-every steps. On --resume, lines
 a stopped run wrote after its last checkpoint are moved to OUT/log.discarded.jsonl, since
 those steps are trained again.
@@ -139,15 +141,6 @@ def run(args: argparse.Namespace) -> int:
     from clipkit.train import train
 
     cfg = config_from_args(args)
-    if cfg.init is None and not args.resume:  # a bad model name fails here, in one line, before OUT is made
-        # (a resumed run rebuilds its model from the checkpoint, whatever became of --config)
-        from clipkit.errors import OptionError
-        from clipkit.train import resolve_model_config
-
-        try:
-            resolve_model_config(cfg.config)
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise OptionError(f"--config: {e}") from None
     record = train(cfg, resume=args.resume)
     if record:
         print(json.dumps(record))

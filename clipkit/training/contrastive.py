@@ -100,6 +100,7 @@ class LossOutput:
     correct_i2t: torch.Tensor  # local images whose best caption is their own (count)
     correct_t2i: torch.Tensor  # local captions whose best image is their own (count)
     n: int  # local pairs
+    consistency: torch.Tensor | None = None  # the resolution-consistency KL, unweighted (in `loss`, weighted)
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -207,7 +208,7 @@ def forward_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor,
     if image_features.shape[0] > n:
         reduced = image_features[n:]
         extra = consistency_loss(reduced, image_features[:reduced.shape[0]], text_features, scale)
-        out = LossOutput(out.loss + consistency.weight * extra, out.correct_i2t, out.correct_t2i, out.n)
+        out = LossOutput(out.loss + consistency.weight * extra, out.correct_i2t, out.correct_t2i, out.n, extra)
     return out
 
 

@@ -18,7 +18,9 @@ Scenes (the `kind` attribute):
   upsampled bicubically, as a classifier sees an MNIST digit), the rest dark on light or
   coloured. That is the "classic" digit style, the shipped model's; `digit_style="robust"`
   draws most digits with real digits' variation instead (`clipkit.data.digit_styles`), and
-  `"robust-hard"` the same with stretched and low-resolution digits more often.
+  `"robust-hard"` the same with stretched and low-resolution digits more often. The pen
+  strokes are "plain" (the shipped model's) or, with `pen="hand"`, handwriting-like: the
+  digit's proportions, where its strokes meet, their ends and the pen's pressure vary.
 
 `sample(index, swap=...)` / `sample(index, recount=...)` draw a relation or count scene
 with one fact changed and every other draw the same: the hard negatives of
@@ -58,8 +60,8 @@ from clipkit.data.synth.geometry import _elastic_field, _smoothing_basis, _warp
 from clipkit.data.synth.glyphs import _crop_glyph, _font_glyph, _font_weight, _pen_glyph
 from clipkit.data.synth.vocab import (COLOUR_WORDS, COLOURS, COUNT_CLASSNAMES, COUNT_TEMPLATES, DEFAULT_MIX,
                                       DIGIT_CLASSNAMES, DIGIT_STYLES, DIGIT_TEMPLATES, HAND_TEMPLATES, HELDOUT_PAIRS,
-                                      INVERSE_RELATION, MNIST_SIDE, NUMBER_WORDS, PEN_STYLES, POSITION_WORDS, PRINT_TEMPLATES,
-                                      RELATION_WORDS, RELATIONS, SHAPE_PLURALS, SHAPE_TEMPLATES, SHAPE_WORDS, SHAPES,
+                                      INVERSE_RELATION, MNIST_SIDE, NUMBER_WORDS, PEN_STYLES, POSITION_WORDS,
+                                      PRINT_TEMPLATES, RELATION_WORDS, RELATIONS, SHAPE_PLURALS, SHAPE_TEMPLATES, SHAPE_WORDS, SHAPES,
                                       SIZE_WORDS, SPLITS, all_pairs, check_mix, classnames_colour_shape, parse_mix,
                                       train_pairs)
 from clipkit.data.synth.world import Sample, SynthWorld
@@ -68,8 +70,8 @@ __all__ = [
     "COLOURS", "SHAPES", "HELDOUT_PAIRS", "COLOUR_WORDS", "SHAPE_WORDS", "SHAPE_PLURALS", "SIZE_WORDS",
     "POSITION_WORDS", "RELATIONS", "INVERSE_RELATION", "RELATION_WORDS", "NUMBER_WORDS", "DIGIT_CLASSNAMES",
     "COUNT_CLASSNAMES", "SHAPE_TEMPLATES", "DIGIT_TEMPLATES", "HAND_TEMPLATES", "PRINT_TEMPLATES",
-    "COUNT_TEMPLATES", "SPLITS", "MNIST_SIDE", "DEFAULT_MIX", "DIGIT_STYLES", "PEN_STYLES", "HAND", "PILLOW_DEFAULT_FONT",
-    "check_mix", "parse_mix", "classnames_colour_shape", "all_pairs", "train_pairs", "font_dirs",
+    "COUNT_TEMPLATES", "SPLITS", "MNIST_SIDE", "DEFAULT_MIX", "DIGIT_STYLES", "PEN_STYLES", "HAND",
+    "PILLOW_DEFAULT_FONT", "check_mix", "parse_mix", "classnames_colour_shape", "all_pairs", "train_pairs", "font_dirs",
     "discover_fonts", "Sample", "SynthWorld", "SynthDataset", "to_tensor", "EvalSet",
     "colour_shape_eval_set", "digit_eval_set", "count_eval_set", "relation_eval_set",
 ]
