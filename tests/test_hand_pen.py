@@ -1,7 +1,8 @@
 """Handwriting-like pen strokes (`SynthWorld(pen="hand")`, `glyphs._hand_glyph`): the disc
-pen draws what a plain stroke of that width is; every digit comes out inked, deterministic
-per seed, at the pen width asked; the variation it claims (proportions, messier hands) is
-measured on the masks; and the plain pen's worlds, the shipped model's, are untouched."""
+pen draws what a plain stroke of that width is; every digit comes out inked, whole (no
+stroke cut at the canvas edge), deterministic per seed, at the pen width asked; the
+variation it claims (proportions, messier hands) is measured on the masks. (The plain
+pen's worlds, the shipped model's, are pinned by golden digests in test_digit_styles.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -46,12 +47,16 @@ def test_disc_pen_of_constant_width_draws_the_capsule_around_the_segment():
 @pytest.mark.parametrize("digit", range(10))
 def test_every_digit_and_variant_is_inked_and_deterministic(digit):
     seen = set()
-    for seed in range(12):
+    for seed in range(40):
         g, variant = _hand_glyph(np.random.default_rng(seed), digit, N, 0.12)
         again, _ = _hand_glyph(np.random.default_rng(seed), digit, N, 0.12)
         assert np.array_equal(g.mask, again.mask)
-        assert 0.5 * 0.7 * N < g.height < 1.4 * 0.7 * N  # the skeleton's height, give or take the warps
+        # the skeleton's height; a full-height stroke may run on by 30% at each end (HAND_END)
+        assert 0.5 * 0.7 * N < g.height < 1.75 * 0.7 * N
         assert (g.mask > 0.5).sum() > 40
+        # the crop leaves a 2-pixel margin unless the ink reached the canvas edge (cut off there)
+        m = g.mask
+        assert max(m[:2].max(), m[-2:].max(), m[:, :2].max(), m[:, -2:].max()) <= 0.1
         seen.add(variant)
     assert seen == set(range(len(_PEN_DIGITS[digit])))
 
@@ -84,22 +89,11 @@ def test_hand_pen_varies_the_digits_proportions_more_than_the_plain_pen():
         assert _vertical_mass(_hand_glyph, digit).std() > 1.5 * _vertical_mass(_pen_glyph, digit).std()
 
 
-def test_plain_pen_worlds_are_untouched_and_a_fontless_hand_world_too():
-    plain = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled")
-    explicit = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled", pen="plain")
-    for i in range(20):
-        assert plain.sample(i).image.tobytes() == explicit.sample(i).image.tobytes()
-    # hand_share 0: no pen strokes drawn, so the pen style changes nothing
-    for style in ("classic", "robust"):
-        a = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled", hand_share=0.0, digit_style=style)
-        b = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled", hand_share=0.0, digit_style=style, pen="hand")
-        assert all(a.sample(i).image.tobytes() == b.sample(i).image.tobytes() for i in range(20))
-
-
 @pytest.mark.parametrize("style", ["classic", "robust-hard"])
 def test_hand_world_draws_hand_pen_digits(style):
     """With every digit drawn by the pen, the hand world's pen digits are `_hand_glyph`'s:
-    they differ from the plain world's, the rest of the scene drawn the same."""
+    the same digits as the plain world's, drawn otherwise (the hand pen takes more draws
+    from the scene's generator, so what follows the glyph is drawn anew too)."""
     a = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled", hand_share=1.0, digit_style=style)
     b = SynthWorld(seed=3, mix={"digit": 1.0}, fonts="bundled", hand_share=1.0, digit_style=style, pen="hand")
     differ = 0

@@ -22,10 +22,11 @@ examples:
 The log (OUT/log.jsonl) has one JSON line per --log-every steps: step, loss (the
 contrastive loss; with --resolution-consistency the unweighted term follows as
 consistency_kl), in-batch image->text and text->image accuracy, lr, logit scale,
-samples/s; and zero-shot
-accuracy on the synthetic validation world every --eval-every steps. On --resume, lines
-a stopped run wrote after its last checkpoint are moved to OUT/log.discarded.jsonl, since
-those steps are trained again.
+samples/s; and zero-shot accuracy on the synthetic validation world every --eval-every
+steps (its digits drawn with the plain pen, whatever --pen says). On --resume, lines a
+stopped run wrote after its last checkpoint are moved to OUT/log.discarded.jsonl, since
+those steps are trained again. (Runs before 2026-12-07 logged loss + WEIGHT x the term as
+loss.)
 """
 
 # Flag -> TrainConfig field. Every flag defaults to None so that `--resume` can tell

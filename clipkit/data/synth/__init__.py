@@ -61,9 +61,9 @@ from clipkit.data.synth.glyphs import _crop_glyph, _font_glyph, _font_weight, _p
 from clipkit.data.synth.vocab import (COLOUR_WORDS, COLOURS, COUNT_CLASSNAMES, COUNT_TEMPLATES, DEFAULT_MIX,
                                       DIGIT_CLASSNAMES, DIGIT_STYLES, DIGIT_TEMPLATES, HAND_TEMPLATES, HELDOUT_PAIRS,
                                       INVERSE_RELATION, MNIST_SIDE, NUMBER_WORDS, PEN_STYLES, POSITION_WORDS,
-                                      PRINT_TEMPLATES, RELATION_WORDS, RELATIONS, SHAPE_PLURALS, SHAPE_TEMPLATES, SHAPE_WORDS, SHAPES,
-                                      SIZE_WORDS, SPLITS, all_pairs, check_mix, classnames_colour_shape, parse_mix,
-                                      train_pairs)
+                                      PRINT_TEMPLATES, RELATION_WORDS, RELATIONS, SHAPE_PLURALS, SHAPE_TEMPLATES,
+                                      SHAPE_WORDS, SHAPES, SIZE_WORDS, SPLITS, all_pairs, check_mix,
+                                      classnames_colour_shape, parse_mix, train_pairs)
 from clipkit.data.synth.world import Sample, SynthWorld
 
 __all__ = [

@@ -131,21 +131,30 @@ def _catmull_rom(points: np.ndarray, per_segment: int = _CR_STEPS) -> np.ndarray
     return np.concatenate([curve.reshape(-1, 2), points[-1:]])
 
 
+def _skeleton(rng: np.random.Generator, digit: int, n: int) -> tuple[int, float, float]:
+    """A pen digit's variant, and its height and width in pixels of the 2x drawing."""
+    variant = int(rng.integers(len(_PEN_DIGITS[digit])))
+    height = 0.7 * n * 2  # drawn at 2x
+    return variant, height, height * rng.uniform(0.55, 0.78)
+
+
+def _jittered(rng: np.random.Generator, pts, scale: float = 1.0) -> np.ndarray:
+    """The control points, each moved by a small normal step (unit-box units, times
+    `scale`); less where there are many, or a round '0' turns polygonal."""
+    return np.asarray(pts, float) + rng.normal(0, (0.035 if len(pts) <= 6 else 0.022) * scale, (len(pts), 2))
+
+
 def _pen_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tuple[_Glyph, int]:
     """A jittered pen-stroke digit, drawn at 2x and reduced (antialiasing). `width` is the
     pen width as a fraction of the digit height. Returns the glyph and its variant."""
-    variants = _PEN_DIGITS[digit]
-    variant = int(rng.integers(len(variants)))
-    height = 0.7 * n * 2  # drawn at 2x
-    box_w = height * rng.uniform(0.55, 0.78)
+    variant, height, box_w = _skeleton(rng, digit, n)
     pad = n * 0.3
     size = int(2 * n)
     im = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(im)
     pen = max(2, int(round(width * height)))
-    for smooth, pts in variants[variant]:
-        # Jitter each control point; less where there are many, or a round '0' turns polygonal.
-        p = np.asarray(pts, float) + rng.normal(0, 0.035 if len(pts) <= 6 else 0.022, (len(pts), 2))
+    for smooth, pts in _PEN_DIGITS[digit][variant]:
+        p = _jittered(rng, pts)
         if smooth:
             p = _catmull_rom(p)
         xy = np.stack([pad + p[:, 0] * box_w, (size - height) / 2 + p[:, 1] * height], 1)
@@ -162,8 +171,6 @@ def _pen_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tu
     return _crop_glyph(np.asarray(im, np.float32) / 255.0), variant
 
 
-
-
 # Handwriting-like pen strokes (`SynthWorld(pen="hand")`): the same skeletons as
 # `_pen_glyph`, with the variation between two people's digits that a fixed skeleton and a
 # small jitter lack: where the middle of the digit sits (a '9' with a small or a large head,
@@ -174,7 +181,7 @@ def _pen_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tu
 HAND_MIDDLE_SD = 0.45  # y -> y + m y (1 - y): the middle moves by m / 4 of the height
 HAND_TAPER_SD = 0.35  # x -> 0.5 + (x - 0.5)(1 + t (y - 0.5)): top wider or narrower than bottom
 HAND_MESSY = (0.6, 2.2)  # jitter scale over `_pen_glyph`'s, log-uniform
-HAND_STROKE_SHIFT = 0.03  # SD of each stroke's own offset (height units), times the mess
+HAND_STROKE_SHIFT = 0.03  # SD of each stroke's own offset (unit-box units), times the mess
 HAND_END = (-0.2, 0.3)  # first/last segment shortened or extended by this fraction
 HAND_PRESSURE = 0.35  # largest relative change of the pen width along a stroke
 
@@ -198,12 +205,10 @@ def _disc_stroke(draw, xy: np.ndarray, radii: np.ndarray) -> None:
 def _hand_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> tuple[_Glyph, int]:
     """A handwriting-like pen digit (see the constants above), drawn at 2x and reduced.
     `width` is the mean pen width as a fraction of the digit height. Returns the glyph and
-    its variant (the skeleton of `_PEN_DIGITS[digit]`)."""
-    variants = _PEN_DIGITS[digit]
-    variant = int(rng.integers(len(variants)))
-    height = 0.7 * n * 2  # drawn at 2x
-    box_w = height * rng.uniform(0.55, 0.78)
-    size = int(2 * n)
+    its variant (the skeleton of `_PEN_DIGITS[digit]`). The canvas (3n at 2x) leaves room
+    for every warp and overshoot: no stroke is cut at its edge."""
+    variant, height, box_w = _skeleton(rng, digit, n)
+    size = int(3 * n)
     pad_x, pad_y = (size - box_w) / 2, (size - height) / 2
     middle = float(np.clip(rng.normal(0, HAND_MIDDLE_SD), -0.8, 0.8))
     taper = float(np.clip(rng.normal(0, HAND_TAPER_SD), -0.6, 0.6))
@@ -212,11 +217,9 @@ def _hand_glyph(rng: np.random.Generator, digit: int, n: int, width: float) -> t
     pressure = rng.uniform(0, HAND_PRESSURE)
     im = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(im)
-    for smooth, pts in variants[variant]:
-        p = np.asarray(pts, float)
-        p = p + rng.normal(0, (0.035 if len(p) <= 6 else 0.022) * messy, p.shape)
-        p = p + rng.normal(0, HAND_STROKE_SHIFT * messy, 2)
-        if not smooth or len(p) <= 4:  # ends of open strokes stop short or run on
+    for smooth, pts in _PEN_DIGITS[digit][variant]:
+        p = _jittered(rng, pts, messy) + rng.normal(0, HAND_STROKE_SHIFT * messy, 2)
+        if np.hypot(*(np.subtract(pts[0], pts[-1]))) > 0.02:  # an open stroke: its ends stop short or run on
             start, end = rng.uniform(*HAND_END, 2)
             p[0] = p[0] + (p[0] - p[1]) * start
             p[-1] = p[-1] + (p[-1] - p[-2]) * end
