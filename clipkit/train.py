@@ -112,7 +112,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     stop_at: int | None = None  # stop after this step (and checkpoint); resume later with --resume
     progress: bool = True
-    # The world and the objective. The defaults are the shipped model's run.
+    # The world and the objective. The defaults are the first release's run.
     digit_style: str = "classic"  # "robust": digits at any scale, place, polarity, stroke, resolution;
     # "robust-hard": the same with stretched and low-resolution digits drawn more often
     mix: dict | None = None  # scene kind -> weight (None: the world's DEFAULT_MIX)

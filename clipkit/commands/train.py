@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=nonnegative_int, help="checkpoint every N steps; 0 = at the end only")
     p.add_argument("--stop-at", type=positive_int, help="stop (and checkpoint) after this step; --resume later")
     p.add_argument("--digit-style", choices=DIGIT_STYLES,
-                   help="how the world draws digits: classic (the shipped model's) or robust (any scale, place, "
+                   help="how the world draws digits: classic (the first release's) or robust (any scale, place, "
                         "polarity, stroke width, slant, background, blur, resolution, noise), or robust-hard (robust "
                         "with digits stretched over the frame and reduced to 8-12 pixels drawn more often) "
                         "(default classic)")
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scene kinds' weights, e.g. shape=0.2,count=0.15,relation=0.25,digit=0.4 "
                         "(default: the world's, shape=0.25,count=0.15,relation=0.15,digit=0.45)")
     p.add_argument("--pen", choices=PEN_STYLES,
-                   help="how pen-stroke digits are drawn: plain (the shipped model's) or hand (handwriting-like: "
+                   help="how pen-stroke digits are drawn: plain (the first releases') or hand (handwriting-like: "
                         "the digit's proportions, where strokes meet, stroke ends and pen pressure vary) "
                         "(default plain)")
     p.add_argument("--hand-share", type=float_in(0.0, 1.0), metavar="SHARE",

@@ -1,9 +1,9 @@
 """Digits the way real ones arrive: the `robust` digit style of the synthetic world.
 
-The classic digit renderer (`SynthWorld(digit_style="classic")`, the shipped model's
+The classic digit renderer (`SynthWorld(digit_style="classic")`, the first release's
 world) draws MNIST's framing half of the time: a digit about 20 of 28 pixels high,
 centred by its mass, light on black. A CLIP trained on it learns the framing as much as
-the digit (the shipped model: 88% on MNIST as it is, 64% on the same digits cropped to
+the digit (the first release: 88% on MNIST as it is, 64% on the same digits cropped to
 fill the frame). `SynthWorld(digit_style="robust")` draws `ROBUST_SHARE` of its digits here
 instead, each with its own draw of every variation below (the rest still come from the
 classic renderer, so MNIST's own framing stays in the mix):
@@ -47,7 +47,7 @@ LOW_RESOLUTIONS = (8, 10, 12, 14, 16, 20, 24, 28)  # sides an image is reduced t
 STRETCH_SHARE = 0.12  # digits cropped to their ink and stretched over (most of) the frame
 MIN_LOW_RES_INK = 5.5  # MNIST's 20 of 28 pixels reduced to 8 x 8 leave 5.7
 LOW_RES_SHARE = 0.4  # digits reduced to one of LOW_RESOLUTIONS and enlarged again
-# The "robust-hard" style: the robust style with the two variations the shipped model read
+# The "robust-hard" style: the robust style with the two variations the 2026-12-02 model read
 # worst after its robust fine-tune (digits cropped and stretched to fill the frame; digits
 # reduced to 8 x 8) drawn more often: a larger stretched share, a larger reduced share, and
 # among the reductions the sides up to SMALL_SIDE weighted SMALL_SIDE_WEIGHT to 1.

@@ -16,10 +16,10 @@ Scenes (the `kind` attribute):
   affine map and an elastic field (Simard et al. 2003), thickened, blurred; half of them
   white on black and centred like MNIST (half of those drawn at MNIST's 28 pixels and
   upsampled bicubically, as a classifier sees an MNIST digit), the rest dark on light or
-  coloured. That is the "classic" digit style, the shipped model's; `digit_style="robust"`
+  coloured. That is the "classic" digit style, the first release's; `digit_style="robust"`
   draws most digits with real digits' variation instead (`clipkit.data.digit_styles`), and
   `"robust-hard"` the same with stretched and low-resolution digits more often. The pen
-  strokes are "plain" (the shipped model's) or, with `pen="hand"`, handwriting-like: the
+  strokes are "plain" (the first releases') or, with `pen="hand"`, handwriting-like: the
   digit's proportions, where its strokes meet, their ends and the pen's pressure vary.
 
 `sample(index, swap=...)` / `sample(index, recount=...)` draw a relation or count scene

@@ -140,11 +140,11 @@ COUNT_TEMPLATES: tuple[str, ...] = (
 SPLITS = {"train": 0, "val": 1, "heldout": 2}
 MNIST_SIDE = 28  # MNIST's image side in pixels
 DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15, "digit": 0.45}
-# How digits are drawn: "classic" is the shipped model's world (renders are byte-identical
+# How digits are drawn: "classic" is the first release's world (renders are byte-identical
 # to it); "robust" draws most digits with real digits' variation (`digit_styles`);
 # "robust-hard" is "robust" with its stretched and low-resolution digits drawn more often.
 DIGIT_STYLES: tuple[str, ...] = ("classic", "robust", "robust-hard")
-# How pen-stroke digits are drawn: "plain" (the shipped model's world) or "hand"
+# How pen-stroke digits are drawn: "plain" (the default; the first releases' world) or "hand"
 # (handwriting-like variation of the same skeletons, `glyphs._hand_glyph`).
 PEN_STYLES: tuple[str, ...] = ("plain", "hand")
 

@@ -49,11 +49,11 @@ class SynthWorld:
         only matplotlib's, so that a seed renders the same on every machine. An empty
         list, or no usable file found, falls back to Pillow's built-in font.
     hand_share: fraction of digits drawn with procedural pen strokes instead of a font.
-    pen: how those pen strokes are drawn: "plain" (the shipped model's world) or "hand"
+    pen: how those pen strokes are drawn: "plain" (the first releases' world) or "hand"
         (handwriting-like: proportions, stroke placement, ends and pen pressure vary;
         `glyphs._hand_glyph`).
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
-    digit_style: "classic" (the shipped model's world), "robust" or "robust-hard".
+    digit_style: "classic" (the first release's world), "robust" or "robust-hard".
         "robust": `digit_styles.ROBUST_SHARE` of the digits drawn at any scale, place,
         polarity, stroke width, resolution, ... (see `clipkit.data.digit_styles`), the rest
         as "classic" draws them; "robust-hard": the same with stretched and low-resolution
@@ -290,7 +290,7 @@ class SynthWorld:
         return Sample(image, _relation_caption(rng, pairs[0], relation, pairs[1]), attrs)
 
     def _digit_scene(self, rng, digit=None, style=None) -> Sample:
-        # A classic world draws nothing here, so its renders stay those of the shipped model.
+        # A classic world draws nothing here, so its renders stay those the first release saw.
         if style is None and self.digit_style != "classic" and rng.random() < _robust_share():
             style = self.digit_style  # this digit is drawn in the world's robust style
         if style in ("robust", "robust-hard"):
