@@ -16,7 +16,7 @@ The graphs:
   (`onnxruntime.quantization.quantize_dynamic`): the weights of every MatMul/Gemm stored
   as int8 with one scale per output channel (`per_channel=False`: one per tensor), the
   activations quantized per call from their observed range. Per channel costs nothing
-  in speed here and kept the shipped model's MNIST predictions closer to fp32 (99.64%
+  in speed here and kept the first shipped model's MNIST predictions closer to fp32 (99.64%
   agreement against 99.56%, benchmarks/results/towers.md). Convolutions stay fp32 (ViT's patchify
   is one small convolution; ResNet towers gain little, see benchmarks/results/towers.md).
   Image embeddings keep cosine >= 0.999 to fp32 (tests/test_onnx.py).
