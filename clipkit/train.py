@@ -67,6 +67,7 @@ import torch.distributed as dist
 from torch import nn
 
 from clipkit.distributed import DistInfo, is_distributed
+from clipkit.errors import OptionError
 from clipkit.models.config import CLIPConfig, get_config
 # The shared pieces, also re-exported here: `clipkit.train` keeps its public names.
 from clipkit.training.contrastive import (CONSISTENCY_SIDES, MAX_LOGIT_SCALE, PRECISIONS,  # noqa: F401
@@ -311,8 +312,6 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
     from clipkit.data.synth import SynthWorld
 
     if cfg.resolution_consistency > 0 and cfg.batch_size // (4 * info.world_size) < 1:
-        from clipkit.errors import OptionError
-
         raise OptionError(f"--resolution-consistency reduces a quarter of each rank's pairs: --batch-size "
                           f"{cfg.batch_size} over {info.world_size} rank(s) leaves none (needs >= "
                           f"{4 * info.world_size})")
@@ -341,13 +340,9 @@ def _train(cfg: TrainConfig, resume, info: DistInfo) -> dict:
         try:
             model_config = resolve_model_config(cfg.config)
         except (ValueError, KeyError, FileNotFoundError) as e:
-            from clipkit.errors import OptionError
-
             raise OptionError(f"--config: {e}") from None
 
     if cfg.resolution_consistency > 0 and model_config.vision.patch_size is None:
-        from clipkit.errors import OptionError
-
         # the copies share the clean images' forward pass: BatchNorm would mix their statistics
         raise OptionError("--resolution-consistency needs a ViT image tower; this model's is a "
                           "ResNet, whose BatchNorm would mix the reduced copies into the batch statistics")
