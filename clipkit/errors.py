@@ -20,3 +20,11 @@ class OutputPathError(ClipkitError, OSError):
 
 class OptionError(ClipkitError, ValueError):
     """Options that do not go together (e.g. a setting of one quantizer given to another)."""
+
+
+class NothingReadError(ClipkitError, ValueError):
+    """Not one input could be read: every file was skipped. `skipped` lists (where, why)."""
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]]):
+        super().__init__(message)
+        self.skipped = skipped

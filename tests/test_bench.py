@@ -121,6 +121,18 @@ def test_corrupt_files_are_skipped_and_reported(tiny, tmp_path):
     assert [os.path.basename(s["path"]) for s in result["skipped"]] == ["bad.jpg"]
 
 
+def test_nothing_readable_raises_with_the_skipped_files(tiny, tmp_path):
+    from clipkit.errors import NothingReadError
+
+    root = tmp_path / "folder"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(NothingReadError, match="none of the 1 images") as e:
+        bench.run_benchmark(dataset="folder", root=str(root), model=tiny, progress=False)
+    assert isinstance(e.value, ValueError)  # callers catching ValueError keep working
+    assert [os.path.basename(where) for where, _ in e.value.skipped] == ["bad.png"]
+
+
 def test_bad_root_fails_at_once_with_layouts(tiny, tmp_path):
     from clipkit.data.datasets import DatasetLayoutError
 

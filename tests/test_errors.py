@@ -120,6 +120,19 @@ def test_bench_offline_download_is_one_line(capsys, monkeypatch):
     assert err.startswith("clipkit bench: ") and "ViT-B-32.pt" in err and "SHA-256" in err
 
 
+def test_bench_with_no_readable_image_lists_each_and_exits_1(capsys, tmp_path):
+    root = tmp_path / "folder"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rc, out, err = run_cli(["bench", "--dataset", "folder", "--root", str(root), "--quiet", "--no-cache"], capsys)
+    assert rc == 1 and not out and "Traceback" not in err
+    lines = err.splitlines()
+    assert [line.split("skipped ", 1)[1].split(":")[0] for line in lines[:-1]] == \
+        [str(root / "cat" / "x.jpg"), str(root / "dog" / "x.jpg")]
+    assert lines[-1].startswith("clipkit bench: none of the 2 images")
+
+
 @pytest.mark.parametrize("kind", ["truncated", "pickle"])
 def test_bad_checkpoint_files_name_the_file(kind, checkpoint, capsys, tmp_path):
     if kind == "truncated":

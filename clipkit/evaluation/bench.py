@@ -155,6 +155,11 @@ def _run(ctx, dataset, root, split, task, model, templates, batch_size, workers,
         return None  # process_group() waits for rank 0's evaluation, then leaves
     features = enc.features
     labels = torch.as_tensor(enc.labels or [], dtype=torch.long)
+    if len(labels) == 0:
+        from clipkit.errors import NothingReadError
+
+        raise NothingReadError(f"none of the {len(data)} images ({data.description or dataset}) could be read",
+                               list(enc.skipped))
 
     result: dict[str, Any] = {
         "dataset": dataset,
