@@ -497,6 +497,9 @@ def main(argv=None) -> int:
     p.add_argument("--synth-n", type=int, default=900, help="images per synthetic task (default 900)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for flag, path in (("--log", args.log), ("--baseline", args.baseline)):
+        if path and not Path(path).is_file():  # before minutes of evaluation, not after
+            p.error(f"{flag} {path}: no such file")
 
     torch.manual_seed(0)
     model, preprocess = clipkit.load(args.model)

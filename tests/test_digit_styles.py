@@ -312,3 +312,14 @@ def test_the_mnist_variation_proxy_crops_to_the_ink_like_on_mnist():
     # stretched over the whole frame: ink reaches every border
     assert all((im[0].max() > 0 and im[-1].max() > 0 and im[:, 0].max() > 0 and im[:, -1].max() > 0)
                for im in stretched)
+
+
+def test_eval_shipped_checks_its_input_files_before_evaluating(tmp_path, capsys):
+    from benchmarks import eval_shipped
+
+    for flag in ("--log", "--baseline"):
+        with pytest.raises(SystemExit) as e:
+            # a model path that does not exist either: the flag is checked first, before loading
+            eval_shipped.main([str(tmp_path / "no-model.safetensors"), flag, str(tmp_path / "gone.json")])
+        assert e.value.code == 2
+        assert f"{flag} {tmp_path / 'gone.json'}: no such file" in capsys.readouterr().err
