@@ -164,6 +164,32 @@ def test_two_processes_equal_one(tiny, mnist_root, tmp_path):
     assert outs[1]["per_class_accuracy"] == outs[2]["per_class_accuracy"]
 
 
+@pytest.mark.slow
+def test_two_processes_with_nothing_readable_both_exit_1(tiny, tmp_path):
+    """No rank waits at a barrier rank 0 will never reach: both say so and exit 1."""
+    from clipkit.checkpoints import save
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save(tiny, ckpt)
+    root = tmp_path / "folder"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            (root / cls / f"{k}.png").write_bytes(b"\x89PNG not really")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(29000 + os.getpid() % 400),
+           "-m", "clipkit", "bench", "--dataset", "folder", "--root", str(root), "--checkpoint", str(ckpt),
+           "--batch-size", "2", "--chunk-size", "2", "--no-cache", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # no rank hung at a barrier or lost its peer (torchrun's own launcher traceback, which
+    # reports the child's exit status, is not ours)
+    assert "gloo" not in proc.stderr and "RuntimeError" not in proc.stderr, proc.stderr[-3000:]
+    # once the first rank exits, torchrun stops the other: at least one says why
+    assert "clipkit bench: none of the 6 images" in proc.stderr
+
+
 def test_fast_path_run_uses_bf16_image_features_and_an_fp32_head(tiny, mnist_root):
     from clipkit.data.datasets import mnist_idx
     from clipkit.models import fast_inference

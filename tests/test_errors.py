@@ -127,10 +127,19 @@ def test_bench_with_no_readable_image_lists_each_and_exits_1(capsys, tmp_path):
         (root / cls / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     rc, out, err = run_cli(["bench", "--dataset", "folder", "--root", str(root), "--quiet", "--no-cache"], capsys)
     assert rc == 1 and not out and "Traceback" not in err
-    lines = err.splitlines()
-    assert [line.split("skipped ", 1)[1].split(":")[0] for line in lines[:-1]] == \
-        [str(root / "cat" / "x.jpg"), str(root / "dog" / "x.jpg")]
-    assert lines[-1].startswith("clipkit bench: none of the 2 images")
+    for cls in ("cat", "dog"):
+        assert f"clipkit bench: skipped {root / cls / 'x.jpg'}: " in err
+    assert "clipkit bench: none of the 2 images" in err
+
+
+def test_bench_on_a_folder_without_images_is_a_layout_error_before_any_work(capsys, tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    rc, out, err = run_cli(["bench", "--dataset", "folder", "--root", str(tmp_path), "--model", "nonexistent-model",
+                            "--quiet"], capsys)
+    # the dataset is opened before the model is resolved: its error, not the model's
+    assert rc == 2 and not out
+    one_line_error(err, "hold no image files", ".png")
 
 
 @pytest.mark.parametrize("kind", ["truncated", "pickle"])

@@ -54,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, workers=args.workers, out=args.out,
             cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size,
             fast=args.fast, device=args.device)
-    except NothingReadError as e:  # as classify and rerank: status 1, each file and why
-        for where, reason in e.skipped:
+    except NothingReadError as e:  # as classify and rerank: status 1, the files and why
+        for where, reason in e.skipped[:10]:
             print(f"clipkit bench: skipped {where}: {reason}", file=sys.stderr)
+        if len(e.skipped) > 10:
+            print(f"clipkit bench: ... and {len(e.skipped) - 10} more", file=sys.stderr)
         print(f"clipkit bench: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, ImportError) as e:  # ImportError: int8 without onnx

@@ -333,6 +333,9 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> FileDat
     if not folders:
         raise DatasetLayoutError(f"{root} has no class sub-folders (expected ROOT/<class name>/<images>)")
     samples = [(p, i) for i, d in enumerate(folders) for p in _images_in(d) if not p.name.startswith(".")]
+    if not samples:
+        raise DatasetLayoutError(f"the class sub-folders of {root} hold no image files (by extension: "
+                                 f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
     classes = [d.name.replace("_", " ") for d in folders]
     return FileDataset(samples, classes, transform,
                        description=f"class folders in {root} ({len(classes)} classes)")

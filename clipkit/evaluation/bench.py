@@ -151,15 +151,20 @@ def _run(ctx, dataset, root, split, task, model, templates, batch_size, workers,
                            cache_key=f"{data.key()}|{preprocess!r}", cache=cache, skip_unreadable=True,
                            progress=progress, chunk_size=chunk_size, dist_ctx=ctx,
                            stop_after_chunks=_stop_after_chunks)
-    if not ctx.main:
-        return None  # process_group() waits for rank 0's evaluation, then leaves
-    features = enc.features
-    labels = torch.as_tensor(enc.labels or [], dtype=torch.long)
-    if len(labels) == 0:
+    kept = len(enc.labels or []) if ctx.main else 0
+    if ctx.world > 1:  # every rank learns whether rank 0 has anything to evaluate
+        box = [kept]
+        torch.distributed.broadcast_object_list(box, src=0)
+        kept = box[0]
+    if kept == 0:  # every rank raises (an error tears the group down, so none may wait at its barrier)
         from clipkit.errors import NothingReadError
 
         raise NothingReadError(f"none of the {len(data)} images ({data.description or dataset}) could be read",
-                               list(enc.skipped))
+                               list(enc.skipped) if ctx.main else [])
+    if not ctx.main:
+        return None  # process_group() waits for rank 0's evaluation, then leaves
+    features = enc.features
+    labels = torch.as_tensor(enc.labels, dtype=torch.long)
 
     result: dict[str, Any] = {
         "dataset": dataset,

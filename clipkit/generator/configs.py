@@ -14,9 +14,10 @@ GENERATOR_CONFIGS: dict[str, tuple[DVAEConfig, TransformerConfig]] = {
                           width=256, layers=8, heads=8),
     ),
     # The first shipped model (the shipped one is now synth-vq, below; history in
-    # clipkit/weights/GENERATOR_CARD.md): trains on one CPU core in under an hour. Its dVAE uses the squared-error reconstruction loss: in short runs (hundreds
-    # of steps) the logit-Laplace likelihood spent its updates on the per-pixel scales and
-    # reached a hard-code MSE of 0.067 after 400 steps where MSE reached 0.023 after 100.
+    # clipkit/weights/GENERATOR_CARD.md): trains on one CPU core in under an hour. Its dVAE
+    # uses the squared-error reconstruction loss: in short runs (hundreds of steps) the
+    # logit-Laplace likelihood spent its updates on the per-pixel scales and reached a
+    # hard-code MSE of 0.067 after 400 steps where MSE reached 0.023 after 100.
     "synth-mini": (
         DVAEConfig(hidden=16, recon_loss="mse"),
         TransformerConfig(text_len=32, text_vocab=512, image_vocab=512, grid_size=8,
@@ -35,7 +36,8 @@ GENERATOR_CONFIGS: dict[str, tuple[DVAEConfig, TransformerConfig]] = {
     # The vq tokenizer (nearest-code quantizer with an EMA codebook, see dvae.py): 32×32
     # images -> 8×8 codes of 2048, a dVAE twice as wide as synth-32's, under a transformer
     # of width 256 and 6 layers (8 layers sampled 16 images 40% slower). The trials that
-    # chose it are in GENERATOR_CARD.md. The shipped model (clipkit/weights/generator-synth.safetensors).
+    # chose it are in GENERATOR_CARD.md. The shipped model
+    # (clipkit/weights/generator-synth.safetensors).
     "synth-vq": (
         DVAEConfig(image_size=32, hidden=64, mults=(1, 2, 4), vocab_size=2048, recon_loss="mse",
                    quantizer="vq", code_dim=32),
