@@ -3,36 +3,46 @@
 negatives), on the shipped architecture. Used to size the next run to the time budget.
 
     python benchmarks/bench_train_recipe.py [--samples 512] [--steps 3] [--threads 2] \\
-        [--out benchmarks/results/train_recipe.md]
+        [--precisions fp32 bf16] [--out benchmarks/results/train_recipe.md]
 
 Per recipe: data cost (render + preprocess + tokenise, one process, per sample), rows a
-256-sample batch becomes (hard negatives add rows), and the time of a bf16 training step
-on those rows (mean of `--steps` after one warm-up). The machine may be shared: compare
-the recipes' ratio, measured back to back, more than the absolute times.
+256-sample batch becomes (hard negatives add rows), and the time of a training step on
+those rows in each of `--precisions` (median of `--steps`, the precisions taking turns step
+by step, after one warm-up step each). The machine may be shared: compare ratios measured
+back to back more than absolute times. Whether bf16 autocast is faster than fp32 depends on
+the CPU's bfloat16 matrix kernels: measure before choosing `clipkit train --precision`.
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/...` from the root
 
-from clipkit.data.synth import SynthWorld
-from clipkit.models import create_model, get_config
-from clipkit.tokenizer import get_tokenizer
-from clipkit.train import ContrastiveModel, SynthPairs, TrainConfig, collate_pairs, make_optimizer, train_step
-from clipkit.transforms import image_transform
+import torch  # noqa: E402
+
+from benchmarks._machine import cpu_name, load_average  # noqa: E402
+from clipkit.data.synth import SynthWorld  # noqa: E402
+from clipkit.models import create_model, get_config  # noqa: E402
+from clipkit.tokenizer import get_tokenizer  # noqa: E402
+from clipkit.training.contrastive import Consistency  # noqa: E402
+from clipkit.train import ContrastiveModel, SynthPairs, TrainConfig, collate_pairs, make_optimizer, train_step  # noqa: E402
+from clipkit.transforms import image_transform  # noqa: E402
 
 ROBUST_MIX = {"shape": 0.2, "count": 0.15, "relation": 0.25, "digit": 0.4}
-RECIPES = {  # name -> (SynthWorld keywords, hard negatives)
-    "classic": ({}, False),
-    "robust digits + mix + hard negatives": ({"mix": ROBUST_MIX, "digit_style": "robust"}, True),
+RELEASE_MIX = {"shape": 0.25, "count": 0.15, "relation": 0.2, "digit": 0.4}
+RECIPES = {  # name -> (SynthWorld keywords, hard negatives, resolution-consistency weight)
+    "classic": ({}, False, 0.0),
+    "robust digits + mix + hard negatives": ({"mix": ROBUST_MIX, "digit_style": "robust"}, True, 0.0),
+    # the 2026-12-07 (fourth session) release's fine-tune (CLIPKIT_SYNTH_CARD.md)
+    "robust-hard, hand pen 0.7, hard negatives, consistency 0.5":
+        ({"mix": RELEASE_MIX, "digit_style": "robust-hard", "pen": "hand", "hand_share": 0.7}, True, 0.5),
 }
 
 
-def measure(samples: int, steps: int, batch: int = 256) -> list[dict]:
+def measure(samples: int, steps: int, batch: int = 256, precisions=("bf16",)) -> list[dict]:
     config = get_config("clipkit-synth")
     tokenizer = get_tokenizer()
     preprocess = image_transform(config.vision.image_size, config.image_mean, config.image_std)
@@ -41,7 +51,9 @@ def measure(samples: int, steps: int, batch: int = 256) -> list[dict]:
     model = ContrastiveModel(clip)
     optimizer = make_optimizer(clip, TrainConfig(lr=1e-4))
     rows = []
-    for name, (world_kw, negatives) in RECIPES.items():
+    for name, (world_kw, negatives, weight) in RECIPES.items():
+        # as clipkit.train builds it: a quarter of the batch also fed reduced (8 px here)
+        consistency = Consistency(weight, count=batch // 4, side=8) if weight else None
         world = SynthWorld(seed=0, image_size=config.vision.image_size, split="train", **world_kw)
         data = SynthPairs(world, preprocess, tokenizer, config.text.context_length, negatives)
         for i in range(50):  # warm-up: font and glyph caches
@@ -50,14 +62,22 @@ def measure(samples: int, steps: int, batch: int = 256) -> list[dict]:
         items = [data[i] for i in range(1000, 1000 + max(samples, batch))]
         data_ms = 1000 * (time.perf_counter() - start) / len(items)
         images, ids = collate_pairs(items[:batch])
-        train_step(model, clip, images, ids, optimizer, precision="bf16", uneven=negatives)  # warm-up
-        start = time.perf_counter()
+        times = {p: [] for p in precisions}
+        for precision in precisions:  # warm-up
+            train_step(model, clip, images, ids, optimizer, precision=precision, uneven=negatives,
+                       consistency=consistency)
         for _ in range(steps):
-            train_step(model, clip, images, ids, optimizer, precision="bf16", uneven=negatives)
-        step_s = (time.perf_counter() - start) / steps
-        rows.append({"recipe": name, "data_ms": data_ms, "rows": images.shape[0], "step_s": step_s})
-        print(f"{name}: {data_ms:.2f} ms/sample, {images.shape[0]} rows per {batch} samples, "
-              f"{step_s:.2f} s/step", flush=True)
+            for precision in precisions:
+                start = time.perf_counter()
+                train_step(model, clip, images, ids, optimizer, precision=precision, uneven=negatives,
+                       consistency=consistency)
+                times[precision].append(time.perf_counter() - start)
+        for precision in precisions:
+            step_s = sorted(times[precision])[len(times[precision]) // 2]
+            rows.append({"recipe": name, "precision": precision, "data_ms": data_ms, "rows": images.shape[0],
+                         "step_s": step_s})
+            print(f"{name}, {precision}: {data_ms:.2f} ms/sample, {images.shape[0]} rows per {batch} samples, "
+                  f"{step_s:.2f} s/step", flush=True)
     return rows
 
 
@@ -66,25 +86,32 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=512, help="samples rendered to time the data")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per recipe")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the steps")
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                   help="training-step precisions to time, in turn (default: fp32 bf16)")
     p.add_argument("--out", help="write a markdown table here")
     args = p.parse_args(argv)
+    if args.steps < 1 or args.samples < 1 or args.threads < 1:
+        p.error("--steps, --samples and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    rows = measure(args.samples, args.steps)
+    load_before = load_average()
+    rows = measure(args.samples, args.steps, precisions=args.precisions)
+    load_after = load_average()
     base = rows[0]
     if args.out:
         lines = [
             "# Training cost per step: classic recipe vs the robust one",
             "",
             f"Command: `python benchmarks/bench_train_recipe.py --samples {args.samples} --steps {args.steps} "
-            f"--threads {args.threads} --out {args.out}`",
+            f"--threads {args.threads} --precisions {' '.join(args.precisions)} --out {args.out}`",
             "",
-            f"`clipkit-synth`, batch 256 samples, bf16 autocast, {args.threads} torch threads; data in one "
-            f"process. torch {torch.__version__}, {platform.machine()}; the machine was shared with other "
-            "jobs: the ratio column, measured back to back, is the figure to use.",
+            f"`clipkit-synth`, batch 256 samples, {args.threads} torch threads; data in one process; the "
+            f"precisions took turns step by step (median of {args.steps}). CPU {cpu_name()}, torch "
+            f"{torch.__version__}, load average {load_before} before, {load_after} after "
+            "(above the thread count: shared, so compare the ratios).",
             "",
-            "| recipe | data ms/sample | rows per 256 samples | s/step | step time vs classic |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            *[f"| {r['recipe']} | {r['data_ms']:.2f} | {r['rows']} | {r['step_s']:.2f} | "
+            "| recipe | precision | data ms/sample | rows per 256 samples | s/step | step time vs first row |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+            *[f"| {r['recipe']} | {r['precision']} | {r['data_ms']:.2f} | {r['rows']} | {r['step_s']:.2f} | "
               f"{r['step_s'] / base['step_s']:.2f} |" for r in rows],
             "",
         ]
