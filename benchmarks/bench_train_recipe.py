@@ -1,6 +1,8 @@
 """What a training step costs with the world and objective of a recipe: the classic run
-(the shipped model's) against the robust one (robust digits, a relation-heavier mix, hard
-negatives), on the shipped architecture. Used to size the next run to the time budget.
+(the first release's), the robust one (robust digits, a relation-heavier mix, hard
+negatives) and the current release's fine-tune (robust-hard digits, the hand pen, hard
+negatives, resolution consistency), on the shipped architecture, in fp32 and bf16. Used to
+size the next run to the time budget.
 
     python benchmarks/bench_train_recipe.py [--samples 512] [--steps 3] [--threads 2] \\
         [--precisions fp32 bf16] [--out benchmarks/results/train_recipe.md]
@@ -70,7 +72,7 @@ def measure(samples: int, steps: int, batch: int = 256, precisions=("bf16",)) ->
             for precision in precisions:
                 start = time.perf_counter()
                 train_step(model, clip, images, ids, optimizer, precision=precision, uneven=negatives,
-                       consistency=consistency)
+                           consistency=consistency)
                 times[precision].append(time.perf_counter() - start)
         for precision in precisions:
             step_s = sorted(times[precision])[len(times[precision]) // 2]
@@ -99,7 +101,7 @@ def main(argv=None) -> None:
     base = rows[0]
     if args.out:
         lines = [
-            "# Training cost per step: classic recipe vs the robust one",
+            "# Training cost per step: the recipes, fp32 and bf16",
             "",
             f"Command: `python benchmarks/bench_train_recipe.py --samples {args.samples} --steps {args.steps} "
             f"--threads {args.threads} --precisions {' '.join(args.precisions)} --out {args.out}`",
