@@ -38,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+SKIPPED_SHOWN = 10  # unreadable files listed on stderr; the rest are counted
+
+
+def _report_skipped(skipped: list, prefix: str, more: str = "") -> None:
+    """The first SKIPPED_SHOWN (where, why) pairs on stderr, one line each, then a count."""
+    for where, reason in skipped[:SKIPPED_SHOWN]:
+        print(f"{prefix}skipped {where}: {reason}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"{prefix}... and {len(skipped) - SKIPPED_SHOWN} more{more}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from clipkit.errors import NothingReadError
     from clipkit.evaluation.bench import run_benchmark
@@ -55,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
             cache=not args.no_cache, progress=False if args.quiet else None, chunk_size=args.chunk_size,
             fast=args.fast, device=args.device)
     except NothingReadError as e:  # as classify and rerank: status 1, the files and why
-        for where, reason in e.skipped[:10]:
-            print(f"clipkit bench: skipped {where}: {reason}", file=sys.stderr)
-        if len(e.skipped) > 10:
-            print(f"clipkit bench: ... and {len(e.skipped) - 10} more", file=sys.stderr)
+        _report_skipped(e.skipped, "clipkit bench: ")
         print(f"clipkit bench: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, ImportError) as e:  # ImportError: int8 without onnx
@@ -71,11 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['task']} {result['dataset']}: acc1 {m['acc1']:.4f}  acc5 {m['acc5']:.4f}  "
           f"mean per-class recall {m['mean_per_class_recall']:.4f}  "
           f"({result['n_evaluated']} images, {len(result['skipped'])} skipped)")
-    if result["skipped"]:
-        for s in result["skipped"][:10]:
-            print(f"  skipped {s['path']}: {s['reason']}", file=sys.stderr)
-        if len(result["skipped"]) > 10:
-            print(f"  ... and {len(result['skipped']) - 10} more (all listed in the JSON)", file=sys.stderr)
+    _report_skipped([(s["path"], s["reason"]) for s in result["skipped"]], "  ", " (all listed in the JSON)")
     if args.out and "write_error" not in result:
         print(f"results: {args.out}" + (f", confusion matrix: {result['confusion_png']}"
                                          if "confusion_png" in result else ""))
