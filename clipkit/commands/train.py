@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scene kinds' weights, e.g. shape=0.2,count=0.15,relation=0.25,digit=0.4 "
                         "(default: the world's, shape=0.25,count=0.15,relation=0.15,digit=0.45)")
     p.add_argument("--pen", choices=PEN_STYLES,
-                   help="how pen-stroke digits are drawn: plain (the first releases') or hand (handwriting-like: "
+                   help="how pen-stroke digits are drawn: plain (the first two releases') or hand (handwriting-like: "
                         "the digit's proportions, where strokes meet, stroke ends and pen pressure vary) "
                         "(default plain)")
     p.add_argument("--hand-share", type=float_in(0.0, 1.0), metavar="SHARE",

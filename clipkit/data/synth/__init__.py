@@ -19,7 +19,7 @@ Scenes (the `kind` attribute):
   coloured. That is the "classic" digit style, the first release's; `digit_style="robust"`
   draws most digits with real digits' variation instead (`clipkit.data.digit_styles`), and
   `"robust-hard"` the same with stretched and low-resolution digits more often. The pen
-  strokes are "plain" (the first releases') or, with `pen="hand"`, handwriting-like: the
+  strokes are "plain" (the first two releases') or, with `pen="hand"`, handwriting-like: the
   digit's proportions, where its strokes meet, their ends and the pen's pressure vary.
 
 `sample(index, swap=...)` / `sample(index, recount=...)` draw a relation or count scene

@@ -144,7 +144,7 @@ DEFAULT_MIX: dict[str, float] = {"shape": 0.25, "count": 0.15, "relation": 0.15,
 # to it); "robust" draws most digits with real digits' variation (`digit_styles`);
 # "robust-hard" is "robust" with its stretched and low-resolution digits drawn more often.
 DIGIT_STYLES: tuple[str, ...] = ("classic", "robust", "robust-hard")
-# How pen-stroke digits are drawn: "plain" (the default; the first releases' world) or "hand"
+# How pen-stroke digits are drawn: "plain" (the default; the first two releases' world) or "hand"
 # (handwriting-like variation of the same skeletons, `glyphs._hand_glyph`).
 PEN_STYLES: tuple[str, ...] = ("plain", "hand")
 

@@ -49,7 +49,7 @@ class SynthWorld:
         only matplotlib's, so that a seed renders the same on every machine. An empty
         list, or no usable file found, falls back to Pillow's built-in font.
     hand_share: fraction of digits drawn with procedural pen strokes instead of a font.
-    pen: how those pen strokes are drawn: "plain" (the first releases' world) or "hand"
+    pen: how those pen strokes are drawn: "plain" (the first two releases' world) or "hand"
         (handwriting-like: proportions, stroke placement, ends and pen pressure vary;
         `glyphs._hand_glyph`).
     mnist_share: fraction of digits rendered MNIST-style (white on black, centred).
